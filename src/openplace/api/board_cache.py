@@ -1,0 +1,52 @@
+"""The board as served over HTTP: a snapshot, its gzip, and an ETag, reused briefly.
+
+Serving a snapshot up to ``refresh`` seconds old is safe because it carries its own
+seq (``X-Seq``) and clients catch up from there, so the cost of ``GET /api/board`` does
+not grow with the request rate.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from openplace.storage.base import Store
+
+
+@dataclass(slots=True)
+class CachedBoard:
+    data: bytes
+    seq: int
+    etag: str
+    taken: float
+    _gzip: bytes | None = field(default=None, repr=False)
+
+    @property
+    def gzipped(self) -> bytes:
+        if self._gzip is None:
+            self._gzip = gzip.compress(self.data, compresslevel=6, mtime=0)
+        return self._gzip
+
+
+class BoardCache:
+    def __init__(
+        self, store: Store, refresh: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.store = store
+        self.refresh = refresh
+        self.clock = clock
+        self._current: CachedBoard | None = None
+
+    async def get(self) -> CachedBoard:
+        now = self.clock()
+        cur = self._current
+        if cur is not None and now - cur.taken < self.refresh:
+            return cur
+        snap = await self.store.board()
+        if cur is not None and cur.seq == snap.seq:
+            cur.taken = now
+            return cur
+        self._current = CachedBoard(snap.data, snap.seq, f'"{self.store.board_id}-{snap.seq}"', now)
+        return self._current

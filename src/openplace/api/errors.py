@@ -1,0 +1,56 @@
+"""JSON error responses: ``{"error": "<code>", "message": "..."}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openplace.api.json import JSONResponse
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited",
+          500: "internal", 503: "unavailable"}  # fmt: skip
+
+
+class APIError(Exception):
+    """Raised by handlers; rendered as a JSON error with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status, headers=headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal", "internal server error")

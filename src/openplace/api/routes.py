@@ -1,0 +1,199 @@
+"""HTTP handlers: validate the request, call the store, shape the answer.
+
+Handlers find their collaborators on ``request.app.state`` (see
+:func:`openplace.app.create_app`): ``settings``, ``store``, ``signer``,
+``board_cache`` and ``session_limiter``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from openplace.api.errors import APIError
+from openplace.api.json import JSONResponse
+from openplace.api.openapi import openapi_schema
+from openplace.auth.tokens import Identity, InvalidToken
+from openplace.core.board import InvalidPixel, check_color
+from openplace.core.palette import PALETTE
+from openplace.core.placement import CooldownActive, StoreUnavailable
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-26T06:32:04.123Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def authenticate(request: Request) -> Identity:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>' "
+                       "(get a token from POST /api/session)",
+                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    try:
+        return request.app.state.signer.verify(token.strip())  # type: ignore[no-any-return]
+    except InvalidToken as exc:
+        raise APIError(401, "unauthorized", "invalid token",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc  # fmt: skip
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refusing bodies over the configured limit."""
+    limit: int = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise APIError(413, "body_too_large", f"request body over {limit} bytes")
+        except ValueError as exc:
+            raise APIError(400, "bad_request", "invalid Content-Length") from exc
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, "body_too_large", f"request body over {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, "bad_json", "request body is not valid JSON") from exc
+
+
+def _int_field(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if type(value) is not int:  # bools and floats are not coordinates
+        raise APIError(400, "bad_request", f"'{name}' must be an integer")
+    return value
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+async def canvas(request: Request) -> Response:
+    s = request.app.state.settings
+    return JSONResponse(
+        {"width": s.width, "height": s.height, "palette": list(PALETTE),
+         "cooldown_seconds": s.cooldown_seconds},
+        headers={"Cache-Control": "public, max-age=60"},
+    )  # fmt: skip
+
+
+async def new_session(request: Request) -> Response:
+    if not request.app.state.session_limiter.allow(client_ip(request)):
+        raise APIError(429, "rate_limited", "too many sessions from this address; wait a minute",
+                       headers={"Retry-After": "60"})  # fmt: skip
+    signer = request.app.state.signer
+    identity = signer.new_identity()
+    return JSONResponse({"token": signer.issue(identity), "user_id": identity.user_id}, 201)
+
+
+async def board(request: Request) -> Response:
+    cached = await request.app.state.board_cache.get()
+    s = request.app.state.settings
+    gz = "gzip" in request.headers.get("accept-encoding", "")
+    etag = cached.etag[:-1] + '-gz"' if gz else cached.etag
+    headers = {
+        "ETag": etag,
+        "X-Seq": str(cached.seq),
+        "Vary": "Accept-Encoding",
+        "Cache-Control": f"public, max-age={s.board_max_age_seconds}, "
+        f"stale-while-revalidate={5 * max(1, s.board_max_age_seconds)}",
+        "Access-Control-Expose-Headers": "X-Seq, ETag",
+    }
+    inm = request.headers.get("if-none-match", "")
+    if inm and (inm.strip() == "*" or etag in {t.strip() for t in inm.split(",")}):
+        return Response(status_code=304, headers=headers)
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+        return Response(cached.gzipped, media_type="application/octet-stream", headers=headers)
+    return Response(cached.data, media_type="application/octet-stream", headers=headers)
+
+
+async def place_pixel(request: Request) -> Response:
+    identity = authenticate(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise APIError(400, "bad_request", 'expected an object {"x", "y", "color"}')
+    x, y, color = _int_field(body, "x"), _int_field(body, "y"), _int_field(body, "color")
+    store = request.app.state.store
+    try:
+        index = store.geometry.index(x, y)
+        check_color(color)
+    except InvalidPixel as exc:
+        code = "bad_color" if "color" in str(exc) else "bad_coordinates"
+        raise APIError(400, code, str(exc)) from exc
+    try:
+        placement = await store.place(identity.user_id, index, color)
+    except CooldownActive as exc:
+        retry = exc.retry_after
+        raise APIError(429, "cooldown", f"you can place again in {math.ceil(retry)} s",
+                       headers={"Retry-After": str(max(1, math.ceil(retry)))},
+                       retry_after=round(retry, 3), next_at=iso(exc.next_at)) from exc  # fmt: skip
+    except StoreUnavailable as exc:
+        raise APIError(503, "unavailable", "the placement could not be stored; try again",
+                       headers={"Retry-After": "1"}) from exc  # fmt: skip
+    cooldown = request.app.state.settings.cooldown_seconds
+    return JSONResponse({"seq": placement.seq, "next_at": iso(placement.ts + cooldown)})
+
+
+async def me(request: Request) -> Response:
+    identity = authenticate(request)
+    state = await request.app.state.store.user(identity.user_id)
+    return JSONResponse(
+        {"user_id": state.user_id, "last_placed_at": iso(state.last_placed),
+         "next_at": iso(state.next_at)},
+        headers={"Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+async def pixel_info(request: Request) -> Response:
+    try:
+        x, y = int(request.query_params["x"]), int(request.query_params["y"])
+    except (KeyError, ValueError) as exc:
+        raise APIError(400, "bad_coordinates", "query parameters x and y must be integers") from exc
+    store = request.app.state.store
+    try:
+        index = store.geometry.index(x, y)
+    except InvalidPixel as exc:
+        raise APIError(400, "bad_coordinates", str(exc)) from exc
+    info = await store.pixel(index)
+    return JSONResponse(
+        {"x": x, "y": y, "color": info.color, "user_id": info.user_id,
+         "placed_at": iso(info.ts), "seq": info.seq},
+        headers={"Cache-Control": "no-cache"},
+    )  # fmt: skip
+
+
+async def healthz(request: Request) -> Response:
+    cached = await request.app.state.board_cache.get()
+    return JSONResponse({"status": "ok", "seq": cached.seq}, headers={"Cache-Control": "no-store"})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema(request.app.state.settings))
+
+
+ROUTES = [
+    Route("/api/canvas", canvas, methods=["GET"]),
+    Route("/api/session", new_session, methods=["POST"]),
+    Route("/api/board", board, methods=["GET"]),
+    Route("/api/pixel", place_pixel, methods=["POST"]),
+    Route("/api/pixel", pixel_info, methods=["GET"]),
+    Route("/api/me", me, methods=["GET"]),
+    Route("/api/openapi.json", openapi, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

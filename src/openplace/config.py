@@ -1,0 +1,113 @@
+"""All configuration, read once from environment variables with sane defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Self
+
+ENV_PREFIX = "OPENPLACE_"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "openplace"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime settings. Build with :meth:`from_env`; override with :meth:`with_`."""
+
+    width: int = 1000
+    height: int = 1000
+    cooldown_seconds: float = 300.0
+    data_dir: Path = field(default_factory=_default_data_dir)
+    secret: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Placements a reconnecting client may be behind and still be replayed to;
+    # further behind, it is told to resync (the board is ~100k placements in bytes).
+    replay_limit: int = 200_000
+    # Take an embedded snapshot after this many placements, so restart stays fast.
+    snapshot_every: int = 100_000
+    # The board served by GET /api/board is refreshed at most this often (seconds).
+    # A slightly older snapshot is safe: it carries its own X-Seq.
+    board_refresh_seconds: float = 0.05
+    board_max_age_seconds: int = 1
+    # Websocket limits.
+    ws_max_connections_per_ip: int = 32
+    ws_send_buffer_bytes: int = 4 * 1024 * 1024
+    ws_max_message_bytes: int = 1024
+    online_interval_seconds: float = 2.0
+    # HTTP limits.
+    max_body_bytes: int = 1024
+    sessions_per_ip_per_minute: int = 30
+    # Distributed mode (unset: embedded).
+    redis_url: str | None = None
+    database_url: str | None = None
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Self:
+        """Read ``OPENPLACE_*`` variables; unknown ones are ignored."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in cls.__dataclass_fields__.values():
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (validated)."""
+        s = replace(self, **changes)  # type: ignore[arg-type]
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if not (1 <= self.width <= 10_000 and 1 <= self.height <= 10_000):
+            raise ValueError("OPENPLACE_WIDTH and OPENPLACE_HEIGHT must be within 1..10000")
+        if self.pixels % 2:
+            raise ValueError("width * height must be even (two pixels per byte)")
+        if self.cooldown_seconds < 0:
+            raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
+
+    def resolve_secret(self) -> str:
+        """The token-signing secret: configured, or generated once and kept in the data dir."""
+        if self.secret:
+            return self.secret
+        path = self.data_dir / "secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        return value
+
+    def __repr__(self) -> str:  # never print the secret
+        shown = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "secret"}
+        return f"Settings({shown}, secret={'set' if self.secret else 'unset'})"
+
+
+def _parse(name: str, typ: object, raw: str) -> object:
+    t = str(typ)
+    try:
+        if "int" in t and "Path" not in t:
+            return int(raw)
+        if "float" in t:
+            return float(raw)
+        if "Path" in t:
+            return Path(raw).expanduser()
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: cannot parse {raw!r}") from exc
+    return raw

@@ -1,0 +1,1 @@
+"""The pure canvas model and wire formats: no I/O here."""

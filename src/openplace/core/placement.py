@@ -1,0 +1,65 @@
+"""Placements and the facts the API reports about pixels and users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openplace.core.wire import encode_record
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """An accepted placement: the ``seq``-th change to the board."""
+
+    seq: int
+    index: int
+    color: int
+    user_id: str
+    ts: float  # unix seconds
+
+    def record(self) -> bytes:
+        return encode_record(self.index, self.color)
+
+
+@dataclass(frozen=True, slots=True)
+class PixelInfo:
+    """Who last placed a pixel, and when (all ``None`` for a never-placed pixel)."""
+
+    index: int
+    color: int
+    user_id: str | None = None
+    ts: float | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    user_id: str
+    last_placed: float | None
+    next_at: float | None  # None: may place now
+
+
+@dataclass(frozen=True, slots=True)
+class BoardSnapshot:
+    """Packed board bytes and the seq of the last placement they contain."""
+
+    data: bytes
+    seq: int
+
+
+class CooldownActive(Exception):
+    """The user placed too recently."""
+
+    def __init__(self, next_at: float, now: float) -> None:
+        super().__init__(f"cooldown until {next_at}")
+        self.next_at = next_at
+        self.retry_after = max(0.0, next_at - now)
+
+
+class StoreUnavailable(Exception):
+    """The store could not make a placement durable; nothing was changed."""
+
+
+def next_allowed(last_placed: float | None, cooldown: float) -> float | None:
+    """When a user who last placed at ``last_placed`` may place again."""
+    return None if last_placed is None else last_placed + cooldown

@@ -1,0 +1,1 @@
+"""The realtime fan-out: committed placements to every websocket client."""

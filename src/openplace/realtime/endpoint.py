@@ -1,0 +1,101 @@
+"""The ``/ws`` websocket endpoint: thin I/O around :class:`~openplace.realtime.hub.Hub`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from openplace.core.wire import control
+from openplace.realtime.hub import CLOSE_TOO_SLOW, Hub, Subscriber
+
+log = logging.getLogger(__name__)
+
+CLOSE_TOO_MANY = 1013  # try again later
+CLOSE_POLICY = 1008
+
+
+def client_ip(ws: WebSocket) -> str:
+    return ws.client.host if ws.client else "?"
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    hub: Hub = ws.app.state.hub
+    since_raw = ws.query_params.get("since")
+    since: int | None = None
+    if since_raw is not None:
+        try:
+            since = int(since_raw)
+            if since < 0:
+                raise ValueError
+        except ValueError:
+            await ws.close(code=CLOSE_POLICY, reason="since must be a non-negative integer")
+            return
+    ip = client_ip(ws)
+    if not hub.admit(ip):
+        await ws.close(code=CLOSE_TOO_MANY, reason="too many connections from this address")
+        return
+    try:
+        await ws.accept()
+        await _serve(ws, hub, since)
+    finally:
+        hub.release(ip)
+
+
+async def _send(ws: WebSocket, message: bytes | str) -> None:
+    if isinstance(message, bytes):
+        await ws.send_bytes(message)
+    else:
+        await ws.send_text(message)
+
+
+async def _serve(ws: WebSocket, hub: Hub, since: int | None) -> None:
+    sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
+    sender = asyncio.create_task(sub.run())
+    receiver = asyncio.create_task(_receive(ws, sub))
+    closed = asyncio.create_task(sub.done.wait())
+    try:
+        await hub.attach(sub, since)
+        done, _ = await asyncio.wait(
+            {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        hub.detach(sub)
+        for task in (sender, receiver, closed):
+            task.cancel()
+        for task in (sender, receiver, closed):
+            with contextlib.suppress(BaseException):
+                await task
+    if sub.close_reason == "too slow":
+        log.info("disconnecting slow websocket client")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(CLOSE_TOO_SLOW, "too slow; resume with since"), 1)
+    elif sub.closed:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(1001, sub.close_reason), 1)
+
+
+async def _receive(ws: WebSocket, sub: Subscriber) -> None:
+    """Answer client messages: ``{"type": "ping"}`` gets a pong; anything else an error."""
+    while True:
+        try:
+            message = await ws.receive()
+        except WebSocketDisconnect:
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            sub.offer(control("error", error="bad_message", message="binary frames not accepted"))
+            continue
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict) and body.get("type") == "ping":
+            sub.offer(control("pong", id=body.get("id")))
+        else:
+            sub.offer(control("error", error="bad_message", message='expected {"type": "ping"}'))

@@ -1,0 +1,53 @@
+"""The storage interface every backend implements.
+
+The API side uses :class:`Store`; the realtime fan-out reads committed placements
+through :class:`Feed`. The embedded backend is both in one object; in distributed
+mode the API processes hold a store and the realtime processes a feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from openplace.core.board import Geometry
+from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, UserState
+
+# Called with (first_seq, records) for each committed, contiguous run of placements.
+Listener = Callable[[int, bytes], None]
+
+
+class Store(Protocol):
+    geometry: Geometry
+    board_id: str  # changes when the board is recreated, so caches never mix boards
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def place(self, user_id: str, index: int, color: int) -> Placement:
+        """Atomically check the cooldown, assign the next seq and make it durable.
+
+        Returns only once the placement is durable. Raises ``CooldownActive`` or
+        ``StoreUnavailable``; in either case nothing changed.
+        """
+        ...
+
+    async def board(self) -> BoardSnapshot: ...
+    async def pixel(self, index: int) -> PixelInfo: ...
+    async def user(self, user_id: str) -> UserState: ...
+
+
+class Feed(Protocol):
+    """Committed placements, in seq order, for the realtime fan-out."""
+
+    async def head(self) -> int:
+        """Seq of the newest committed placement (0 if none)."""
+        ...
+
+    async def records(self, after: int, upto: int) -> bytes:
+        """Encoded records for ``after+1 .. upto``; ``TooOld`` if not held."""
+        ...
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` for each new committed run; returns an unsubscribe."""
+        ...

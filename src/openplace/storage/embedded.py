@@ -1,0 +1,315 @@
+"""Embedded store: the board in memory, every placement in a SQLite log.
+
+A placement is acknowledged only after the transaction holding it has committed
+(WAL, ``synchronous=FULL``). Commits are grouped: while one batch is being written
+by the writer thread, newly accepted placements queue up and go in the next batch,
+so many concurrent placements share one fsync. Periodic board snapshots keep restart
+time independent of history length.
+
+Sequence numbers and cooldowns are assigned synchronously on the event loop, which
+makes the check-and-set atomic without locks. Should a commit fail, every placement
+not yet committed is failed and rolled back (seq counter and cooldowns), so the log
+stays gapless and no client ever sees a placement that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from openplace.core.board import Board, Geometry
+from openplace.core.history import TooOld
+from openplace.core.placement import (
+    BoardSnapshot,
+    CooldownActive,
+    PixelInfo,
+    Placement,
+    StoreUnavailable,
+    UserState,
+    next_allowed,
+)
+from openplace.core.wire import encode_record
+from openplace.storage.base import Listener
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placements (
+    seq INTEGER PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    color INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS placements_by_pixel ON placements (idx, seq);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, last_placed REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, board BLOB NOT NULL);
+"""
+
+
+class _Pending:
+    __slots__ = ("future", "placement", "previous")
+
+    def __init__(self, placement: Placement, previous: float | None, future: asyncio.Future[None]):
+        self.placement = placement
+        self.previous = previous  # the user's last_placed before this one, for rollback
+        self.future = future
+
+
+class EmbeddedStore:
+    """Store and Feed for one process. See the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        geometry: Geometry,
+        cooldown: float,
+        *,
+        snapshot_every: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.geometry = geometry
+        self.cooldown = cooldown
+        self.snapshot_every = snapshot_every
+        self.clock = clock
+        self.board_id = ""
+        self._board = Board(geometry)
+        self._head = 0  # last committed seq
+        self._next_seq = 1  # next seq to assign
+        self._snapshot_seq = 0
+        self._last_placed: dict[str, float] = {}
+        self._queue: list[_Pending] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="openplace-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="openplace-reader")
+        self._wdb: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_writer)
+        await loop.run_in_executor(self._reader, self._open_reader)
+        self._next_seq = self._head + 1
+        log.info(
+            "embedded store open",
+            extra={"path": str(self.path), "seq": self._head, "snapshot_seq": self._snapshot_seq},
+        )
+
+    async def close(self) -> None:
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+        loop = asyncio.get_running_loop()
+        if self._wdb is not None and self._head > self._snapshot_seq:
+            data, seq = self._board.snapshot(), self._head
+            await loop.run_in_executor(self._writer, self._write_snapshot, seq, data)
+        await loop.run_in_executor(self._writer, self._close_db, "_wdb")
+        await loop.run_in_executor(self._reader, self._close_db, "_rdb")
+        self._writer.shutdown()
+        self._reader.shutdown()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._wdb = self._connect()
+        db.executescript(SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        size = f"{self.geometry.width}x{self.geometry.height}"
+        if not meta:
+            self.board_id = secrets.token_hex(4)
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [("board_id", self.board_id), ("size", size)]
+            )
+        else:
+            if meta["size"] != size:
+                raise RuntimeError(
+                    f"{self.path} holds a {meta['size']} board, but {size} is configured"
+                )
+            self.board_id = meta["board_id"]
+        row = db.execute("SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            self._snapshot_seq, data = row
+            self._board = Board(self.geometry, data)
+        self._head = self._snapshot_seq
+        board = self._board
+        for seq, idx, color in db.execute(
+            "SELECT seq, idx, color FROM placements WHERE seq > ? ORDER BY seq",
+            (self._snapshot_seq,),
+        ):
+            board.set(idx, color)
+            self._head = seq
+        since = self.clock() - self.cooldown
+        self._last_placed = dict(
+            db.execute("SELECT user_id, last_placed FROM users WHERE last_placed > ?", (since,))
+        )
+
+    def _open_reader(self) -> None:
+        self._rdb = self._connect()
+
+    def _close_db(self, attr: str) -> None:
+        db = getattr(self, attr)
+        if db is not None:
+            db.close()
+            setattr(self, attr, None)
+
+    # -- placing -------------------------------------------------------------------
+
+    async def place(self, user_id: str, index: int, color: int) -> Placement:
+        now = self.clock()
+        previous = self._last_placed.get(user_id)
+        if previous is not None and now < previous + self.cooldown:
+            raise CooldownActive(previous + self.cooldown, now)
+        placement = Placement(self._next_seq, index, color, user_id, now)
+        self._next_seq += 1
+        self._last_placed[user_id] = now
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(placement, previous, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        await future
+        return placement
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            rows = [(p.placement.seq, p.placement.index, p.placement.color,
+                     p.placement.user_id, p.placement.ts) for p in batch]  # fmt: skip
+            try:
+                await loop.run_in_executor(self._writer, self._commit, rows)
+            except Exception as exc:
+                log.exception("commit failed; rolling back %d placements", len(batch))
+                self._roll_back(batch + self._queue, exc)
+                self._queue = []
+                return
+            self._committed(batch)
+
+    def _commit(self, rows: list[tuple[int, int, int, str, float]]) -> None:
+        db = self._wdb
+        assert db is not None
+        users: dict[str, float] = {}
+        for r in rows:
+            users[r[3]] = r[4]
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO users VALUES (?, ?) ON CONFLICT (user_id) "
+                "DO UPDATE SET last_placed = excluded.last_placed",
+                users.items(),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _committed(self, batch: list[_Pending]) -> None:
+        board = self._board
+        records = bytearray()
+        for p in batch:
+            pl = p.placement
+            board.set(pl.index, pl.color)
+            records += encode_record(pl.index, pl.color)
+        first = batch[0].placement.seq
+        self._head = batch[-1].placement.seq
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(None)
+        data = bytes(records)
+        for listener in list(self._listeners):
+            try:
+                listener(first, data)
+            except Exception:
+                log.exception("placement listener failed")
+        if self._head - self._snapshot_seq >= self.snapshot_every:
+            self._snapshot_seq = self._head
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(self._writer, self._write_snapshot, self._head, board.snapshot())
+
+    def _roll_back(self, failed: list[_Pending], exc: BaseException) -> None:
+        for p in reversed(failed):
+            pl = p.placement
+            if p.previous is None:
+                self._last_placed.pop(pl.user_id, None)
+            else:
+                self._last_placed[pl.user_id] = p.previous
+            if not p.future.done():
+                p.future.set_exception(StoreUnavailable(f"placement could not be stored: {exc}"))
+        if failed:
+            self._next_seq = failed[0].placement.seq
+
+    def _write_snapshot(self, seq: int, data: bytes) -> None:
+        db = self._wdb
+        assert db is not None
+        db.execute("BEGIN")
+        db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, data))
+        db.execute(
+            "DELETE FROM snapshots WHERE seq NOT IN "
+            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
+        )
+        db.execute("COMMIT")
+
+    # -- reading -------------------------------------------------------------------
+
+    async def board(self) -> BoardSnapshot:
+        return BoardSnapshot(self._board.snapshot(), self._head)
+
+    async def pixel(self, index: int) -> PixelInfo:
+        color = self._board.get(index)
+        row = await self._read(
+            "SELECT seq, user_id, ts FROM placements WHERE idx = ? AND seq <= ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (index, self._head),
+        )
+        if not row:
+            return PixelInfo(index, color)
+        seq, user_id, ts = row[0]
+        return PixelInfo(index, color, user_id, ts, seq)
+
+    async def user(self, user_id: str) -> UserState:
+        last = self._last_placed.get(user_id)
+        if last is None:
+            rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
+            last = rows[0][0] if rows else None
+        return UserState(user_id, last, next_allowed(last, self.cooldown))
+
+    async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        def run() -> list[tuple[object, ...]]:
+            assert self._rdb is not None
+            return self._rdb.execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+
+    # -- Feed ----------------------------------------------------------------------
+
+    async def head(self) -> int:
+        return self._head
+
+    async def records(self, after: int, upto: int) -> bytes:
+        rows = await self._read(
+            "SELECT seq, idx, color FROM placements WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after, upto),
+        )
+        if len(rows) != max(0, min(upto, self._head) - after):
+            raise TooOld(f"placements after {after} are not all in the log")
+        return b"".join(encode_record(int(i), int(c)) for _, i, c in rows)  # type: ignore[call-overload]
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
