@@ -17,7 +17,12 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from openplace.api.board_cache import BoardCache
-from openplace.api.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from openplace.api.errors import (
+    APIError,
+    handle_api_error,
+    handle_http_exception,
+    handle_unexpected,
+)
 from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.tokens import TokenSigner

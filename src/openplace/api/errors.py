@@ -10,9 +10,17 @@ from starlette.responses import Response
 
 from openplace.api.json import JSONResponse
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 413: "body_too_large", 429: "rate_limited",
-          500: "internal", 503: "unavailable"}  # fmt: skip
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    429: "rate_limited",
+    500: "internal",
+    503: "unavailable",
+}
 
 
 class APIError(Exception):

@@ -29,9 +29,7 @@ def iso(ts: float | None) -> str | None:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-26T06:32:04.123Z``."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def client_ip(request: Request) -> str:
@@ -42,14 +40,21 @@ def authenticate(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise APIError(401, "unauthorized", "send 'Authorization: Bearer <token>' "
-                       "(get a token from POST /api/session)",
-                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise APIError(
+            401,
+            "unauthorized",
+            "send 'Authorization: Bearer <token>' (get a token from POST /api/session)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         return request.app.state.signer.verify(token.strip())  # type: ignore[no-any-return]
     except InvalidToken as exc:
-        raise APIError(401, "unauthorized", "invalid token",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc  # fmt: skip
+        raise APIError(
+            401,
+            "unauthorized",
+            "invalid token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from exc
 
 
 async def read_json(request: Request) -> Any:
@@ -86,16 +91,24 @@ def _int_field(body: dict[str, Any], name: str) -> int:
 async def canvas(request: Request) -> Response:
     s = request.app.state.settings
     return JSONResponse(
-        {"width": s.width, "height": s.height, "palette": list(PALETTE),
-         "cooldown_seconds": s.cooldown_seconds},
+        {
+            "width": s.width,
+            "height": s.height,
+            "palette": list(PALETTE),
+            "cooldown_seconds": s.cooldown_seconds,
+        },
         headers={"Cache-Control": "public, max-age=60"},
-    )  # fmt: skip
+    )
 
 
 async def new_session(request: Request) -> Response:
     if not request.app.state.session_limiter.allow(client_ip(request)):
-        raise APIError(429, "rate_limited", "too many sessions from this address; wait a minute",
-                       headers={"Retry-After": "60"})  # fmt: skip
+        raise APIError(
+            429,
+            "rate_limited",
+            "too many sessions from this address; wait a minute",
+            headers={"Retry-After": "60"},
+        )
     signer = request.app.state.signer
     identity = signer.new_identity()
     return JSONResponse({"token": signer.issue(identity), "user_id": identity.user_id}, 201)
@@ -140,12 +153,21 @@ async def place_pixel(request: Request) -> Response:
         placement = await store.place(identity.user_id, index, color)
     except CooldownActive as exc:
         retry = exc.retry_after
-        raise APIError(429, "cooldown", f"you can place again in {math.ceil(retry)} s",
-                       headers={"Retry-After": str(max(1, math.ceil(retry)))},
-                       retry_after=round(retry, 3), next_at=iso(exc.next_at)) from exc  # fmt: skip
+        raise APIError(
+            429,
+            "cooldown",
+            f"you can place again in {math.ceil(retry)} s",
+            headers={"Retry-After": str(max(1, math.ceil(retry)))},
+            retry_after=round(retry, 3),
+            next_at=iso(exc.next_at),
+        ) from exc
     except StoreUnavailable as exc:
-        raise APIError(503, "unavailable", "the placement could not be stored; try again",
-                       headers={"Retry-After": "1"}) from exc  # fmt: skip
+        raise APIError(
+            503,
+            "unavailable",
+            "the placement could not be stored; try again",
+            headers={"Retry-After": "1"},
+        ) from exc
     cooldown = request.app.state.settings.cooldown_seconds
     return JSONResponse({"seq": placement.seq, "next_at": iso(placement.ts + cooldown)})
 
@@ -154,10 +176,13 @@ async def me(request: Request) -> Response:
     identity = authenticate(request)
     state = await request.app.state.store.user(identity.user_id)
     return JSONResponse(
-        {"user_id": state.user_id, "last_placed_at": iso(state.last_placed),
-         "next_at": iso(state.next_at)},
+        {
+            "user_id": state.user_id,
+            "last_placed_at": iso(state.last_placed),
+            "next_at": iso(state.next_at),
+        },
         headers={"Cache-Control": "no-store"},
-    )  # fmt: skip
+    )
 
 
 async def pixel_info(request: Request) -> Response:
@@ -172,10 +197,16 @@ async def pixel_info(request: Request) -> Response:
         raise APIError(400, "bad_coordinates", str(exc)) from exc
     info = await store.pixel(index)
     return JSONResponse(
-        {"x": x, "y": y, "color": info.color, "user_id": info.user_id,
-         "placed_at": iso(info.ts), "seq": info.seq},
+        {
+            "x": x,
+            "y": y,
+            "color": info.color,
+            "user_id": info.user_id,
+            "placed_at": iso(info.ts),
+            "seq": info.seq,
+        },
         headers={"Cache-Control": "no-cache"},
-    )  # fmt: skip
+    )
 
 
 async def healthz(request: Request) -> Response:

@@ -16,7 +16,7 @@ class TooOld(LookupError):
 class History:
     """The last ``capacity`` placements, ``seq`` from :attr:`first` to :attr:`head`."""
 
-    __slots__ = ("_buf", "_cap", "head", "first")
+    __slots__ = ("_buf", "_cap", "first", "head")
 
     def __init__(self, capacity: int, head: int = 0) -> None:
         if capacity < 1:

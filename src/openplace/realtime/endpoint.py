@@ -59,7 +59,7 @@ async def _serve(ws: WebSocket, hub: Hub, since: int | None) -> None:
     closed = asyncio.create_task(sub.done.wait())
     try:
         await hub.attach(sub, since)
-        done, _ = await asyncio.wait(
+        _done, _ = await asyncio.wait(
             {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
         )
     finally:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from openplace.core.board import Board, Geometry
 from openplace.core.history import TooOld
@@ -189,8 +190,16 @@ class EmbeddedStore:
         loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
-            rows = [(p.placement.seq, p.placement.index, p.placement.color,
-                     p.placement.user_id, p.placement.ts) for p in batch]  # fmt: skip
+            rows = [
+                (
+                    p.placement.seq,
+                    p.placement.index,
+                    p.placement.color,
+                    p.placement.user_id,
+                    p.placement.ts,
+                )
+                for p in batch
+            ]
             try:
                 await loop.run_in_executor(self._writer, self._commit, rows)
             except Exception as exc:
@@ -280,17 +289,17 @@ class EmbeddedStore:
         if not row:
             return PixelInfo(index, color)
         seq, user_id, ts = row[0]
-        return PixelInfo(index, color, user_id, ts, seq)
+        return PixelInfo(index, color, str(user_id), float(ts), int(seq))
 
     async def user(self, user_id: str) -> UserState:
         last = self._last_placed.get(user_id)
         if last is None:
             rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
-            last = rows[0][0] if rows else None
+            last = float(rows[0][0]) if rows else None
         return UserState(user_id, last, next_allowed(last, self.cooldown))
 
-    async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
-        def run() -> list[tuple[object, ...]]:
+    async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
             assert self._rdb is not None
             return self._rdb.execute(sql, params).fetchall()
 
@@ -308,7 +317,7 @@ class EmbeddedStore:
         )
         if len(rows) != max(0, min(upto, self._head) - after):
             raise TooOld(f"placements after {after} are not all in the log")
-        return b"".join(encode_record(int(i), int(c)) for _, i, c in rows)  # type: ignore[call-overload]
+        return b"".join(encode_record(i, c) for _, i, c in rows)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real openplace server (uvicorn) on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from openplace.app import create_app
+from openplace.auth.tokens import Identity, TokenSigner
+from openplace.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """An embedded openplace server running in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.app: Any = None
+
+    async def start(self) -> LiveServer:
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            ws_max_size=self.settings.ws_max_message_bytes,
+            ws_per_message_deflate=False,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = self._task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        secret="test-secret",
+        width=100,
+        height=80,
+        cooldown_seconds=300,
+        board_refresh_seconds=0,
+        online_interval_seconds=0.05,
+    )
+
+
+@pytest.fixture
+async def server_factory() -> AsyncIterator[Callable[[Settings], Any]]:
+    servers: list[LiveServer] = []
+
+    async def make(settings: Settings) -> LiveServer:
+        srv = await LiveServer(settings).start()
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        await srv.stop()
+
+
+@pytest.fixture
+async def server(server_factory: Callable[[Settings], Any], settings: Settings) -> LiveServer:
+    return await server_factory(settings)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+async def new_token(client: httpx.AsyncClient) -> str:
+    r = await client.post("/api/session")
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+_signer = TokenSigner("test-secret")
+_minted = 0
+
+
+def mint_token() -> str:
+    """A fresh identity signed with the test secret, without a round trip."""
+    global _minted
+    _minted += 1
+    return _signer.issue(Identity(f"u_test{_minted}"))
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,163 @@
+"""The fan-out hub on its own: one encoding for all, bounded buffers, history fallback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from openplace.core.history import TooOld
+from openplace.core.wire import decode_frame, encode_record
+from openplace.realtime.hub import Hub, Subscriber
+from openplace.storage.base import Listener
+
+
+class ListFeed:
+    """A Feed over a list of records held in memory (seq = position + 1)."""
+
+    def __init__(self, n: int = 0, oldest: int = 1) -> None:
+        self.recs = [encode_record(i, i % 16) for i in range(n)]
+        self.oldest = oldest  # first seq still readable
+        self.listeners: list[Listener] = []
+
+    async def head(self) -> int:
+        return len(self.recs)
+
+    async def records(self, after: int, upto: int) -> bytes:
+        if after + 1 < self.oldest:
+            raise TooOld("trimmed")
+        return b"".join(self.recs[after:upto])
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
+    def add(self, k: int) -> None:
+        first = len(self.recs) + 1
+        new = [encode_record(i, i % 16) for i in range(len(self.recs), len(self.recs) + k)]
+        self.recs += new
+        for listener in self.listeners:
+            listener(first, b"".join(new))
+
+
+def collect() -> tuple[list[bytes | str], Callable[[bytes | str], object]]:
+    got: list[bytes | str] = []
+
+    async def send(m: bytes | str) -> None:
+        got.append(m)
+
+    return got, send
+
+
+def seqs(messages: list[bytes | str]) -> list[int]:
+    out: list[int] = []
+    for m in messages:
+        if isinstance(m, bytes):
+            first, items = decode_frame(m)
+            out += range(first, first + len(items))
+    return out
+
+
+async def drain(*subs: Subscriber) -> None:
+    tasks = [asyncio.create_task(s.run()) for s in subs]
+    await asyncio.sleep(0.01)
+    for t in tasks:
+        t.cancel()
+
+
+async def test_every_subscriber_gets_the_same_frame_object() -> None:
+    feed = ListFeed()
+    hub = Hub(feed, replay_limit=100, send_buffer=10_000, max_per_ip=10)
+    await hub.start()
+    (ga, sa), (gb, sb) = collect(), collect()
+    a, b = Subscriber(sa, 10_000), Subscriber(sb, 10_000)  # type: ignore[arg-type]
+    await hub.attach(a, None)
+    await hub.attach(b, None)
+    feed.add(3)
+    await drain(a, b)
+    fa = [m for m in ga if isinstance(m, bytes)]
+    fb = [m for m in gb if isinstance(m, bytes)]
+    assert len(fa) == 1 and fa[0] is fb[0]  # encoded once, shared
+    assert seqs(ga) == [1, 2, 3]
+
+
+async def test_slow_subscriber_is_closed_others_unaffected() -> None:
+    feed = ListFeed()
+    hub = Hub(feed, replay_limit=1000, send_buffer=200, max_per_ip=10)
+    await hub.start()
+    blocked = asyncio.Event()
+
+    async def never(m: bytes | str) -> None:
+        await blocked.wait()  # a client that never reads
+
+    got, fast_send = collect()
+    slow, fast = Subscriber(never, 200), Subscriber(fast_send, 10_000)  # type: ignore[arg-type]
+    await hub.attach(slow, 0)
+    await hub.attach(fast, 0)
+    tasks = [asyncio.create_task(s.run()) for s in (slow, fast)]
+    for _ in range(20):
+        feed.add(5)
+        await asyncio.sleep(0)
+    assert slow.closed and slow.close_reason == "too slow" and slow.done.is_set()
+    assert slow.buffered <= 200 + 9 + 25  # never more than one message over the limit
+    assert not fast.closed
+    await asyncio.sleep(0.01)
+    assert seqs(got) == list(range(1, 101))
+    for t in tasks:
+        t.cancel()
+
+
+async def test_history_older_than_memory_comes_from_the_feed() -> None:
+    feed = ListFeed(50)
+    hub = Hub(feed, replay_limit=20, send_buffer=100_000, max_per_ip=10)
+    await hub.start()
+    assert hub.history.first == 31  # memory holds the last 20
+    got, send = collect()
+    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub, 35)
+    await drain(sub)
+    assert seqs(got) == list(range(36, 51))
+    hub.replay_limit = 100  # allowed further back than memory: read from the feed
+    got2, send2 = collect()
+    sub2 = Subscriber(send2, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub2, 10)
+    await drain(sub2)
+    assert seqs(got2) == list(range(11, 51))
+
+
+async def test_trimmed_feed_means_resync() -> None:
+    feed = ListFeed(50, oldest=40)
+    hub = Hub(feed, replay_limit=100, send_buffer=100_000, max_per_ip=10)
+    await hub.start()
+    got, send = collect()
+    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub, 5)
+    feed.add(2)
+    await drain(sub)
+    assert any(isinstance(m, str) and '"resync"' in m for m in got)
+    assert seqs(got) == [51, 52]
+
+
+async def test_gap_in_feed_resyncs_clients() -> None:
+    feed = ListFeed()
+    hub = Hub(feed, replay_limit=100, send_buffer=100_000, max_per_ip=10)
+    await hub.start()
+    got, send = collect()
+    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub, 0)
+    hub.publish(1, encode_record(1, 1))
+    hub.publish(1, encode_record(1, 1))  # duplicate: ignored
+    hub.publish(5, encode_record(5, 5))  # gap: resync, then continue from 5
+    await drain(sub)
+    assert seqs(got) == [1, 5]
+    assert sum(isinstance(m, str) and '"resync"' in m for m in got) == 1
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_per_ip_admission(n: int) -> None:
+    hub = Hub(ListFeed(), replay_limit=10, send_buffer=10, max_per_ip=n)
+    assert all(hub.admit("1.2.3.4") for _ in range(n))
+    assert not hub.admit("1.2.3.4") and hub.admit("5.6.7.8")
+    hub.release("1.2.3.4")
+    assert hub.admit("1.2.3.4")
