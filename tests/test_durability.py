@@ -73,7 +73,7 @@ async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_pat
     await store.open()
     first = await store.place("alice", 1, 1)
     seen: list[int] = []
-    store.listen(lambda s, r: seen.append(s))
+    store.listen(lambda s, r: seen.append(s), lambda b, h: None)
     original = store._commit
 
     def broken(rows: object) -> None:

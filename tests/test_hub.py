@@ -10,7 +10,7 @@ import pytest
 from openplace.core.history import TooOld
 from openplace.core.wire import decode_frame, encode_record
 from openplace.realtime.hub import Hub, Subscriber
-from openplace.storage.base import Listener
+from openplace.storage.base import Listener, ResetListener
 
 
 class ListFeed:
@@ -20,6 +20,7 @@ class ListFeed:
         self.recs = [encode_record(i, i % 16) for i in range(n)]
         self.oldest = oldest  # first seq still readable
         self.listeners: list[Listener] = []
+        self.board_id = "b1"
 
     async def head(self) -> int:
         return len(self.recs)
@@ -29,7 +30,7 @@ class ListFeed:
             raise TooOld("trimmed")
         return b"".join(self.recs[after:upto])
 
-    def listen(self, listener: Listener) -> Callable[[], None]:
+    def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         self.listeners.append(listener)
         return lambda: self.listeners.remove(listener)
 

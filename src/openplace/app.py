@@ -1,19 +1,25 @@
 """The composition root: build the ASGI app for a mode and a set of roles.
 
 Embedded mode (the default) runs every role in one process on an
-:class:`~openplace.storage.embedded.EmbeddedStore`.
+:class:`~openplace.storage.embedded.EmbeddedStore`. In distributed mode
+(``OPENPLACE_REDIS_URL`` and ``OPENPLACE_DATABASE_URL`` set) an ``api`` process holds a
+:class:`~openplace.storage.distributed.store.DistributedStore` and a ``realtime``
+process a :class:`~openplace.storage.distributed.feed.RedisFeed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Mount, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from openplace.api.board_cache import BoardCache
@@ -23,6 +29,7 @@ from openplace.api.errors import (
     handle_http_exception,
     handle_unexpected,
 )
+from openplace.api.json import JSONResponse
 from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.tokens import TokenSigner
@@ -33,43 +40,81 @@ from openplace.realtime.hub import Hub, run_online_ticker
 from openplace.storage.embedded import EmbeddedStore
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
+ALL_ROLES = frozenset({"api", "realtime", "web"})
 
 
-def create_app(settings: Settings, store: EmbeddedStore | None = None) -> Starlette:
-    """The embedded app: API, websocket fan-out and web page in one process."""
+def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starlette:
+    """An app serving ``roles``: ``api`` (HTTP API), ``realtime`` (/ws), ``web`` (page)."""
     geometry = Geometry(settings.width, settings.height)
-    if store is None:
+    resources: list[Any] = []  # opened in order on start, closed in reverse
+    tasks: list[Any] = []
+    store: Any = None
+    hub: Hub | None = None
+    routes: list[BaseRoute] = []
+
+    if settings.distributed:
+        from openplace.storage.distributed.store import DistributedStore
+
+        if "api" in roles:
+            store = DistributedStore(
+                settings.redis_url or "", settings.database_url or "", geometry,
+                settings.cooldown_seconds,
+            )  # fmt: skip
+            resources.append(store)
+        if "realtime" in roles:
+            feed: Any = _DistributedFeed(settings)
+            resources.append(feed)
+    else:
         store = EmbeddedStore(
-            settings.data_dir / "openplace.sqlite3",
-            geometry,
-            settings.cooldown_seconds,
+            settings.data_dir / "openplace.sqlite3", geometry, settings.cooldown_seconds,
             snapshot_every=settings.snapshot_every,
+        )  # fmt: skip
+        feed = store
+        resources.append(store)
+
+    if "api" in roles:
+        routes += ROUTES
+    if "realtime" in roles:
+        hub = Hub(
+            feed,
+            replay_limit=settings.replay_limit,
+            send_buffer=settings.ws_send_buffer_bytes,
+            max_per_ip=settings.ws_max_connections_per_ip,
         )
-    hub = Hub(
-        store,
-        replay_limit=settings.replay_limit,
-        send_buffer=settings.ws_send_buffer_bytes,
-        max_per_ip=settings.ws_max_connections_per_ip,
-    )
+        routes.append(WebSocketRoute("/ws", websocket_endpoint))
+        if "api" not in roles:
+            routes.append(Route("/healthz", _realtime_health, methods=["GET"]))
+    if "web" in roles:
+        routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
-        await hub.start()
-        ticker = asyncio.create_task(run_online_ticker(hub, settings.online_interval_seconds))
+        opened = []
         try:
+            for r in resources:
+                await r.open()
+                opened.append(r)
+            if hub is not None:
+                await hub.start()
+                tasks.append(asyncio.create_task(
+                    run_online_ticker(hub, settings.online_interval_seconds)))  # fmt: skip
+                if settings.distributed:
+                    from openplace.realtime.online import report_online
+
+                    tasks.append(asyncio.create_task(
+                        report_online(hub, feed.redis, settings.online_interval_seconds)))  # fmt: skip
             yield
         finally:
-            ticker.cancel()
-            hub.stop()
-            await store.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if hub is not None:
+                hub.stop()
+            for r in reversed(opened):
+                await r.close()
 
     app = Starlette(
-        routes=[
-            *ROUTES,
-            WebSocketRoute("/ws", websocket_endpoint),
-            Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"),
-        ],
+        routes=routes,
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,
@@ -80,7 +125,47 @@ def create_app(settings: Settings, store: EmbeddedStore | None = None) -> Starle
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub
-    app.state.signer = TokenSigner(settings.resolve_secret())
-    app.state.board_cache = BoardCache(store, settings.board_refresh_seconds)
-    app.state.session_limiter = RateLimiter(settings.sessions_per_ip_per_minute, 60.0)
+    if "api" in roles:
+        app.state.signer = TokenSigner(settings.resolve_secret())
+        app.state.board_cache = BoardCache(store, settings.board_refresh_seconds)
+        app.state.session_limiter = RateLimiter(settings.sessions_per_ip_per_minute, 60.0)
     return app
+
+
+async def _realtime_health(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    return JSONResponse({"status": "ok", "seq": hub.history.head, "clients": len(hub.subscribers)})
+
+
+class _DistributedFeed:
+    """A realtime process's own Redis and PostgreSQL connections around a RedisFeed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.board_id = ""
+        self._feed: Any = None
+
+    async def open(self) -> None:
+        from openplace.storage.distributed.feed import RedisFeed
+        from openplace.storage.distributed.store import connect
+
+        self.redis, self._pg = await connect(
+            self.settings.redis_url or "", self.settings.database_url or ""
+        )
+        self._feed = RedisFeed(self.redis, self._pg)
+        await self._feed.open()
+        self.board_id = self._feed.board_id
+
+    async def close(self) -> None:
+        await self._feed.close()
+        await self.redis.aclose()
+        await self._pg.close()
+
+    async def head(self) -> int:
+        return await self._feed.head()  # type: ignore[no-any-return]
+
+    async def records(self, after: int, upto: int) -> bytes:
+        return await self._feed.records(after, upto)  # type: ignore[no-any-return]
+
+    def listen(self, listener: Any, on_reset: Any) -> Any:
+        return self._feed.listen(listener, on_reset)

@@ -14,19 +14,18 @@ from openplace.config import Settings
 log = logging.getLogger("openplace")
 
 
-def serve(args: argparse.Namespace) -> int:
-    from openplace.app import create_app
-
+def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
-    host = args.host or settings.host
-    port = args.port if args.port is not None else settings.port
-    settings = settings.with_(host=host, port=port)
-    app = create_app(settings)
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    host = getattr(args, "host", None) or settings.host
+    port = getattr(args, "port", None)
+    return settings.with_(host=host, port=settings.port if port is None else port)
+
+
+def _run_uvicorn(app: object, settings: Settings) -> None:
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
         log_config=None,
         access_log=False,
         ws_max_size=settings.ws_max_message_bytes,
@@ -34,10 +33,145 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    print(f"openplace: data in {settings.data_dir}", flush=True)
-    print(f"openplace: canvas at http://{shown}:{port}/", flush=True)
-    server.run()
+    uvicorn.Server(config).run()
+
+
+def _url(settings: Settings) -> str:
+    host = settings.host
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    return f"http://{shown}:{settings.port}/"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Everything in one process: embedded, or all roles on Redis + PostgreSQL."""
+    from openplace.app import create_app
+
+    settings = _settings(args)
+    if settings.distributed:
+        print("openplace: distributed mode (Redis + PostgreSQL); run `openplace persister` too")
+    else:
+        print(f"openplace: data in {settings.data_dir}", flush=True)
+    app = create_app(settings)
+    print(f"openplace: canvas at {_url(settings)}", flush=True)
+    _run_uvicorn(app, settings)
+    return 0
+
+
+def role(args: argparse.Namespace) -> int:
+    """One distributed role: ``api`` (with the page) or ``realtime``."""
+    from openplace.app import create_app
+
+    settings = _settings(args)
+    if not settings.distributed:
+        raise ValueError(f"`openplace {args.command}` needs OPENPLACE_REDIS_URL and "
+                         "OPENPLACE_DATABASE_URL (use `openplace serve` for embedded mode)")  # fmt: skip
+    roles = {"api", "web"} if args.command == "api" else {"realtime"}
+    log.info("starting %s on %s:%d", args.command, settings.host, settings.port)
+    _run_uvicorn(create_app(settings, roles), settings)
+    return 0
+
+
+def _persister(settings: Settings) -> object:
+    from openplace.core.board import Geometry
+    from openplace.storage.distributed.persister import Persister
+
+    if not settings.distributed:
+        raise ValueError("needs OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL")
+    return Persister(
+        settings.redis_url or "", settings.database_url or "",
+        Geometry(settings.width, settings.height), settings.cooldown_seconds,
+        snapshot_every=settings.snapshot_every,
+    )  # fmt: skip
+
+
+def persister(args: argparse.Namespace) -> int:
+    """Commit placements to PostgreSQL and keep Redis restored (one active at a time)."""
+    import asyncio
+    import signal
+
+    p = _persister(Settings.from_env())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await p.connect()  # type: ignore[attr-defined]
+        log.info("persister active")
+        try:
+            await p.run(stop)  # type: ignore[attr-defined]
+        finally:
+            await p.close()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    """Rebuild the Redis board from PostgreSQL now."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from openplace.storage.distributed import keys
+
+    settings = Settings.from_env()
+    p = _persister(settings)
+
+    def say(message: str) -> None:
+        print(f"restore: {message}", flush=True)
+
+    async def main() -> int:
+        if await p.connect(wait_for_lock=False):  # type: ignore[attr-defined]
+            try:
+                say("no persister running; restoring here")
+                await p._load(say)  # type: ignore[attr-defined]
+                took = await p.restore(say)  # type: ignore[attr-defined]
+                say(f"done in {took:.3f} s")
+            finally:
+                await p.close()  # type: ignore[attr-defined]
+            return 0
+        say("asking the running persister to restore")
+        redis = aioredis.from_url(settings.redis_url or "")
+        before = await redis.get(keys.EPOCH)
+        await redis.set(keys.RESTORE_REQUEST, "1")
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            now = await redis.get(keys.EPOCH)
+            if now is not None and now != before:
+                say(f"done: board is now epoch {now.decode()}")
+                await redis.aclose()
+                return 0
+        say("the persister did not restore within 60 s")
+        await redis.aclose()
+        return 1
+
+    return asyncio.run(main())
+
+
+def cluster(args: argparse.Namespace) -> int:
+    """A local stack: persister, N API, M realtime processes and nginx in front."""
+    import time
+
+    from openplace.cluster import Cluster
+
+    settings = Settings.from_env()
+    if not settings.distributed:
+        raise ValueError("needs OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL")
+    with Cluster(settings, api=args.api, realtime=args.realtime, port=args.port or 0) as c:
+        print(f"openplace: {args.api} API + {args.realtime} realtime processes, logs in "
+              f"{c.run_dir}")  # fmt: skip
+        for name, port in [*zip((f"api{i + 1}" for i in range(args.api)), c.api_ports),
+                           *zip((f"realtime{i + 1}" for i in range(args.realtime)),
+                                c.realtime_ports)]:  # fmt: skip
+            print(f"openplace:   {name} on http://127.0.0.1:{port}/")
+        print(f"openplace: canvas at {c.url}/  (nginx; Ctrl-C stops everything)", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+                c._check_alive()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -45,10 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openplace", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the whole canvas in one process (embedded mode)")
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.set_defaults(func=serve)
+    for name, func, help_ in [
+        ("serve", serve, "run the whole canvas in one process (embedded mode)"),
+        ("api", role, "distributed: an HTTP API process (also serves the page)"),
+        ("realtime", role, "distributed: a websocket fan-out process"),
+    ]:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+        p.set_defaults(func=func)
+    sub.add_parser("persister", help="distributed: commit placements, restore Redis").set_defaults(
+        func=persister
+    )
+    sub.add_parser("restore", help="distributed: rebuild the Redis board now").set_defaults(
+        func=restore
+    )
+    p = sub.add_parser("cluster", help="distributed: a local stack behind nginx")
+    p.add_argument("--api", type=int, default=2, help="API processes (default 2)")
+    p.add_argument("--realtime", type=int, default=2, help="realtime processes (default 2)")
+    p.add_argument("--port", type=int, default=8000, help="nginx port (default 8000)")
+    p.set_defaults(func=cluster)
     args = parser.parse_args(argv)
     logs.setup(args.log_level.upper())
     try:

@@ -49,6 +49,11 @@ class Settings:
     database_url: str | None = None
 
     @property
+    def distributed(self) -> bool:
+        """Redis + PostgreSQL mode (both URLs set); otherwise embedded."""
+        return bool(self.redis_url and self.database_url)
+
+    @property
     def pixels(self) -> int:
         return self.width * self.height
 
@@ -77,6 +82,10 @@ class Settings:
             raise ValueError("OPENPLACE_WIDTH and OPENPLACE_HEIGHT must be within 1..10000")
         if self.pixels % 2:
             raise ValueError("width * height must be even (two pixels per byte)")
+        if bool(self.redis_url) != bool(self.database_url):
+            raise ValueError(
+                "distributed mode needs both OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL"
+            )
         if self.cooldown_seconds < 0:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
 

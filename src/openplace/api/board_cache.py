@@ -19,6 +19,7 @@ from openplace.storage.base import Store
 class CachedBoard:
     data: bytes
     seq: int
+    board_id: str
     etag: str
     taken: float
     _gzip: bytes | None = field(default=None, repr=False)
@@ -45,8 +46,10 @@ class BoardCache:
         if cur is not None and now - cur.taken < self.refresh:
             return cur
         snap = await self.store.board()
-        if cur is not None and cur.seq == snap.seq:
+        if cur is not None and cur.seq == snap.seq and cur.board_id == snap.board_id:
             cur.taken = now
             return cur
-        self._current = CachedBoard(snap.data, snap.seq, f'"{self.store.board_id}-{snap.seq}"', now)
+        self._current = CachedBoard(
+            snap.data, snap.seq, snap.board_id, f'"{snap.board_id}-{snap.seq}"', now
+        )
         return self._current

@@ -122,10 +122,11 @@ async def board(request: Request) -> Response:
     headers = {
         "ETag": etag,
         "X-Seq": str(cached.seq),
+        "X-Board-Id": cached.board_id,
         "Vary": "Accept-Encoding",
         "Cache-Control": f"public, max-age={s.board_max_age_seconds}, "
         f"stale-while-revalidate={5 * max(1, s.board_max_age_seconds)}",
-        "Access-Control-Expose-Headers": "X-Seq, ETag",
+        "Access-Control-Expose-Headers": "X-Seq, X-Board-Id, ETag",
     }
     inm = request.headers.get("if-none-match", "")
     if inm and (inm.strip() == "*" or etag in {t.strip() for t in inm.split(",")}):

@@ -45,6 +45,7 @@ class BoardSnapshot:
 
     data: bytes
     seq: int
+    board_id: str  # changes when the board is recreated or restored (resync)
 
 
 class CooldownActive(Exception):

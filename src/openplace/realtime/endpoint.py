@@ -34,13 +34,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         except ValueError:
             await ws.close(code=CLOSE_POLICY, reason="since must be a non-negative integer")
             return
+    board = ws.query_params.get("board")
     ip = client_ip(ws)
     if not hub.admit(ip):
         await ws.close(code=CLOSE_TOO_MANY, reason="too many connections from this address")
         return
     try:
         await ws.accept()
-        await _serve(ws, hub, since)
+        await _serve(ws, hub, since, board)
     finally:
         hub.release(ip)
 
@@ -52,13 +53,13 @@ async def _send(ws: WebSocket, message: bytes | str) -> None:
         await ws.send_text(message)
 
 
-async def _serve(ws: WebSocket, hub: Hub, since: int | None) -> None:
+async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) -> None:
     sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
     sender = asyncio.create_task(sub.run())
     receiver = asyncio.create_task(_receive(ws, sub))
     closed = asyncio.create_task(sub.done.wait())
     try:
-        await hub.attach(sub, since)
+        await hub.attach(sub, since, board)
         _done, _ = await asyncio.wait(
             {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
         )

@@ -92,6 +92,7 @@ class Hub:
         self._per_ip: dict[str, int] = {}
         self._unlisten: Callable[[], None] | None = None
         self.online: Callable[[], int] = lambda: len(self.subscribers)
+        self.board_id = ""
 
     async def start(self) -> None:
         """Fill the history from the feed and start listening to it."""
@@ -104,7 +105,8 @@ class Hub:
         self.history.reset(first)
         if records:
             self.history.append(first + 1, records)
-        self._unlisten = self.feed.listen(self.publish)
+        self.board_id = self.feed.board_id
+        self._unlisten = self.feed.listen(self.publish, self.reset)
 
     def stop(self) -> None:
         if self._unlisten is not None:
@@ -132,10 +134,15 @@ class Hub:
             for sub in self.subscribers:
                 sub.offer(frame)
 
+    def reset(self, board_id: str, head: int) -> None:
+        """The board was replaced (e.g. restored): every client reloads it."""
+        self.board_id = board_id
+        self.resync(head)
+
     def resync(self, head: int) -> None:
-        """Forget history and tell every client to reload the board (e.g. after a restore)."""
+        """Forget history and tell every client to reload the board."""
         self.history.reset(head)
-        message = control("resync", head=head)
+        message = control("resync", head=head, board=self.board_id)
         for sub in self.subscribers:
             sub.offer(message)
 
@@ -161,19 +168,24 @@ class Hub:
         else:
             self._per_ip[ip] = n
 
-    async def attach(self, sub: Subscriber, since: int | None) -> None:
+    async def attach(self, sub: Subscriber, since: int | None, board: str | None = None) -> None:
         """Queue ``hello``, then everything after ``since``, then subscribe to live frames.
 
-        With ``since`` ``None`` the client only wants new placements. If ``since`` is
-        ahead of the server or further behind than the replay limit, the client is
-        told to resync (reload the board) and then gets live frames.
+        With ``since`` ``None`` the client only wants new placements. The client is
+        told to resync (reload the board) if its ``board`` id is not the current one,
+        if it is further behind than the replay limit, or if ``since`` is ahead of this
+        server without a matching ``board`` (with one, it is a board fetched from a
+        server slightly ahead of this one: frames it already has are skipped by it).
         """
         history = self.history
-        sub.offer(control("hello", head=history.head))
+        sub.offer(control("hello", head=history.head, board=self.board_id))
         sent = history.head if since is None else since
-        if sent > history.head or history.head - sent > self.replay_limit:
-            sub.offer(control("resync", head=history.head))
+        stale = board is not None and board != self.board_id
+        ahead = sent > history.head and board is None
+        if stale or ahead or history.head - sent > self.replay_limit:
+            sub.offer(control("resync", head=history.head, board=self.board_id))
             sent = history.head
+        sent = min(sent, history.head)
         while True:
             try:
                 records = history.records(sent)  # no await from here to add(): no race
@@ -182,7 +194,7 @@ class Hub:
                 try:
                     older = await self.feed.records(sent, upto)
                 except TooOld:
-                    sub.offer(control("resync", head=history.head))
+                    sub.offer(control("resync", head=history.head, board=self.board_id))
                     sent = history.head
                     continue
                 for frame in split_frames(sent + 1, older):

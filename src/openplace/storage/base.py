@@ -15,11 +15,12 @@ from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, UserSt
 
 # Called with (first_seq, records) for each committed, contiguous run of placements.
 Listener = Callable[[int, bytes], None]
+# Called with (board_id, head) when the board was replaced (e.g. restored): clients resync.
+ResetListener = Callable[[str, int], None]
 
 
 class Store(Protocol):
     geometry: Geometry
-    board_id: str  # changes when the board is recreated, so caches never mix boards
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -40,6 +41,8 @@ class Store(Protocol):
 class Feed(Protocol):
     """Committed placements, in seq order, for the realtime fan-out."""
 
+    board_id: str
+
     async def head(self) -> int:
         """Seq of the newest committed placement (0 if none)."""
         ...
@@ -48,6 +51,7 @@ class Feed(Protocol):
         """Encoded records for ``after+1 .. upto``; ``TooOld`` if not held."""
         ...
 
-    def listen(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` for each new committed run; returns an unsubscribe."""
+    def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
+        """Call ``listener`` for each new committed run, contiguous and in order, and
+        ``on_reset`` when the board is replaced. Returns an unsubscribe."""
         ...

@@ -36,7 +36,7 @@ from openplace.core.placement import (
     next_allowed,
 )
 from openplace.core.wire import encode_record
-from openplace.storage.base import Listener
+from openplace.storage.base import Listener, ResetListener
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class EmbeddedStore:
     # -- reading -------------------------------------------------------------------
 
     async def board(self) -> BoardSnapshot:
-        return BoardSnapshot(self._board.snapshot(), self._head)
+        return BoardSnapshot(self._board.snapshot(), self._head, self.board_id)
 
     async def pixel(self, index: int) -> PixelInfo:
         color = self._board.get(index)
@@ -319,6 +319,6 @@ class EmbeddedStore:
             raise TooOld(f"placements after {after} are not all in the log")
         return b"".join(encode_record(i, c) for _, i, c in rows)
 
-    def listen(self, listener: Listener) -> Callable[[], None]:
+    def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)

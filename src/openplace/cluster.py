@@ -1,0 +1,146 @@
+"""``openplace cluster``: a whole distributed stack on loopback, for trying and testing.
+
+Starts one persister, N API and M realtime processes against the configured Redis and
+PostgreSQL, and nginx in front of them, and stops them all together.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openplace.app import STATIC_DIR
+from openplace.config import Settings
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf.template"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_nginx() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("nginx not found (apt-get install nginx)")
+
+
+def render_nginx(run_dir: Path, listen: str, api: list[int], realtime: list[int]) -> str:
+    template = string.Template(TEMPLATE.read_text())
+    return template.safe_substitute(
+        USER_DIRECTIVE="user root;" if os.geteuid() == 0 else "",
+        RUN_DIR=str(run_dir),
+        STATIC_DIR=str(STATIC_DIR),
+        LISTEN=listen,
+        API_SERVERS=" ".join(f"server 127.0.0.1:{p};" for p in api),
+        REALTIME_SERVERS=" ".join(f"server 127.0.0.1:{p};" for p in realtime),
+    )
+
+
+@dataclass
+class Cluster:
+    """A running local stack. Use as a context manager, or :meth:`start`/:meth:`stop`."""
+
+    settings: Settings
+    api: int = 2
+    realtime: int = 2
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api_ports: list[int] = field(default_factory=list)
+    realtime_ports: list[int] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, *args: str) -> None:
+        env = {**os.environ, **self.env}
+        log = open(self.run_dir / f"{name}.log", "wb")  # type: ignore[operator]  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "openplace.cli", *args], env=env, stdout=log, stderr=log
+        )
+
+    def start(self, timeout: float = 30.0) -> Cluster:
+        self.run_dir = Path(tempfile.mkdtemp(prefix="openplace-cluster-"))
+        self.port = self.port or free_port()
+        self._spawn("persister", "persister")
+        for i in range(self.api):
+            port = free_port()
+            self.api_ports.append(port)
+            self._spawn(f"api{i + 1}", "api", "--port", str(port))
+        for i in range(self.realtime):
+            port = free_port()
+            self.realtime_ports.append(port)
+            self._spawn(f"realtime{i + 1}", "realtime", "--port", str(port))
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(
+            render_nginx(self.run_dir, f"127.0.0.1:{self.port}", self.api_ports,
+                         self.realtime_ports)
+        )  # fmt: skip
+        self.procs["nginx"] = subprocess.Popen(
+            [find_nginx(), "-c", str(conf), "-p", str(self.run_dir), "-g", "daemon off;"],
+            stderr=open(self.run_dir / "nginx.log", "wb"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + timeout
+        urls = [f"http://127.0.0.1:{p}/healthz" for p in self.api_ports]
+        urls += [f"http://127.0.0.1:{p}/healthz" for p in self.realtime_ports]
+        urls.append(self.url + "/healthz")
+        for url in urls:
+            while True:
+                self._check_alive()
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"cluster did not come up: {url}; logs in {self.run_dir}")
+                time.sleep(0.1)
+        return self
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                logs = self.run_dir / f"{name}.log"  # type: ignore[operator]
+                tail = logs.read_text()[-2000:] if logs.exists() else ""
+                self.stop()
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def kill(self, name: str) -> None:
+        """Kill one process at once (fault tests)."""
+        self.procs[name].kill()
+        self.procs[name].wait()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

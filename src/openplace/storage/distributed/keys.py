@@ -1,0 +1,57 @@
+"""Redis keys, the feed message format, and the atomic placement script."""
+
+from __future__ import annotations
+
+import struct
+
+PREFIX = "op:"
+BOARD = PREFIX + "board"  # the packed board; GET is the wire format
+SEQ = PREFIX + "seq"  # last assigned seq
+EPOCH = PREFIX + "epoch"  # set by the persister once Redis holds a restored board
+COMMITTED = PREFIX + "committed"  # last seq committed to PostgreSQL
+STREAM = PREFIX + "stream"  # entry id "<seq>-0", field d = "index color user ts_ms"
+FEED = PREFIX + "feed"  # pub/sub: committed runs, see FeedMessage
+ONLINE = PREFIX + "online"  # hash: realtime process id -> "count expires_ms"
+RESTORE_REQUEST = PREFIX + "restore-request"
+COOLDOWN = PREFIX + "cd:"  # + user id -> ts_ms of last placement, expires with the cooldown
+
+# KEYS: board, seq, stream, epoch, cooldown-key
+# ARGV: index, color, user, cooldown_ms
+# Returns {1, seq, now_ms, epoch} or {0, last_ms} (cooling down) or {-1} (not restored yet).
+PLACE_LUA = """
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then return {-1} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cooldown = tonumber(ARGV[4])
+local last = redis.call('GET', KEYS[5])
+if last and now < tonumber(last) + cooldown then return {0, tonumber(last)} end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('BITFIELD', KEYS[1], 'SET', 'u4', '#' .. ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], seq .. '-0', 'd', ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. now)
+if cooldown > 0 then redis.call('SET', KEYS[5], now, 'PX', cooldown) end
+return {1, seq, now, epoch}
+"""
+
+# A consistent view of the board: bytes, head seq and epoch in one step.
+BOARD_LUA = """
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
+"""
+
+_FEED_HEADER = struct.Struct(">QQ")
+
+
+def encode_feed(epoch: int, first_seq: int, records: bytes) -> bytes:
+    """A feed message: ``epoch: u64 | first_seq: u64 | records``."""
+    return _FEED_HEADER.pack(epoch, first_seq) + records
+
+
+def decode_feed(message: bytes) -> tuple[int, int, bytes]:
+    epoch, first_seq = _FEED_HEADER.unpack_from(message)
+    return epoch, first_seq, message[_FEED_HEADER.size :]
+
+
+def parse_entry(fields: bytes) -> tuple[int, int, str, int]:
+    """``(index, color, user, ts_ms)`` of a stream entry's ``d`` field."""
+    index, color, user, ts = fields.split(b" ")
+    return int(index), int(color), user.decode(), int(ts)

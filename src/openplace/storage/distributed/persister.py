@@ -1,0 +1,291 @@
+"""The persister: the one process that makes placements durable, and restores Redis.
+
+It reads the Redis stream in seq order, commits each batch to PostgreSQL in one
+transaction (``COPY`` into the log, upserts of the per-pixel and per-user state), then
+announces the committed run on the feed channel: API processes acknowledge the
+placements in it, realtime processes broadcast them. Because one process copies a
+gapless stream in order, the log in PostgreSQL is gapless whichever API process
+accepted a placement and whether or not it lived to acknowledge it.
+
+It keeps the committed board in memory and snapshots it to PostgreSQL, so a restore
+writes a whole board at once. When Redis comes back empty (or behind what is
+committed), it restores the board, the seq counter, recent history and cooldowns from
+PostgreSQL under a new epoch: placements Redis had accepted but not yet committed are
+gone (never acknowledged), and every client is told to resync.
+
+Only one persister is active at a time (a PostgreSQL advisory lock); others wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from openplace.core.board import Board, Geometry, apply_arrays
+from openplace.core.wire import encode_record
+from openplace.storage.distributed import keys
+from openplace.storage.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Persister:
+    def __init__(
+        self,
+        redis_url: str,
+        database_url: str,
+        geometry: Geometry,
+        cooldown: float,
+        *,
+        batch: int = 10_000,
+        snapshot_every: int = 100_000,
+        stream_keep: int = 200_000,
+        restore_history: int = 10_000,
+    ) -> None:
+        self.redis_url = redis_url
+        self.database_url = database_url
+        self.geometry = geometry
+        self.cooldown_ms = int(cooldown * 1000)
+        self.batch = batch
+        self.snapshot_every = snapshot_every
+        self.stream_keep = stream_keep
+        self.restore_history = restore_history
+        self.board = Board(geometry)
+        self.committed = 0
+        self.snapshot_seq = 0
+        self.uid = ""
+        self.epoch = 0
+        self.restores = 0
+        self._pg: asyncpg.Connection | None = None
+        self._redis: aioredis.Redis | None = None
+
+    @property
+    def epoch_id(self) -> str:
+        return f"{self.uid}.{self.epoch}"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def connect(self, *, wait_for_lock: bool = True) -> bool:
+        """Connect, migrate and take the persister lock; False if busy and not waiting."""
+        self._pg = await asyncpg.connect(self.database_url)
+        await migrate(self._pg)
+        while not await self._pg.fetchval("SELECT pg_try_advisory_lock($1)", PERSISTER_LOCK):
+            if not wait_for_lock:
+                await self._pg.close()
+                return False
+            log.info("another persister is active; standing by")
+            await asyncio.sleep(1.0)
+        self._redis = aioredis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        await self._load()
+        return True
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pg is not None:
+            await self._pg.close()
+
+    async def _load(self, progress: Progress | None = None) -> None:
+        """The committed board from PostgreSQL: the newest snapshot plus the log after it."""
+        pg = self._pg
+        assert pg is not None
+        self.uid = await get_meta(pg, "board_uid") or ""
+        if not self.uid:
+            self.uid = secrets.token_hex(4)
+            await set_meta(pg, "board_uid", self.uid)
+            await set_meta(pg, "size", f"{self.geometry.width}x{self.geometry.height}")
+        size = await get_meta(pg, "size")
+        if size != f"{self.geometry.width}x{self.geometry.height}":
+            raise RuntimeError(f"the database holds a {size} board; configuration says otherwise")
+        self.epoch = int(await get_meta(pg, "epoch") or 0)
+        row = await pg.fetchrow("SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1")
+        self.board = Board(self.geometry, row["board"] if row else None)
+        self.snapshot_seq = row["seq"] if row else 0
+        if progress:
+            progress(f"snapshot at seq {self.snapshot_seq}")
+        tail = await pg.fetch(
+            "SELECT idx, color FROM placements WHERE seq > $1 ORDER BY seq", self.snapshot_seq
+        )
+        apply_arrays(self.board.data, [r[0] for r in tail], [r[1] for r in tail])
+        self.committed = self.snapshot_seq + len(tail)
+        top = await pg.fetchval("SELECT max(seq) FROM placements") or 0
+        if top != self.committed:
+            raise RuntimeError(f"placement log has a gap: {self.committed} rows up to seq {top}")
+        if progress:
+            progress(f"applied {len(tail)} placements after it; committed seq {self.committed}")
+
+    # -- main loop -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Commit placements until ``stop`` is set; restore Redis whenever it needs it."""
+        redis = self._redis
+        assert redis is not None
+        checked = 0.0
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - checked > 0.25:
+                    checked = now
+                    if await self._needs_restore():
+                        await self.restore()
+                        continue
+                entries = await redis.xread(
+                    {keys.STREAM: f"{self.committed}-0"}, count=self.batch, block=100
+                )
+                if entries and not await self._commit(entries[0][1]):
+                    log.error("stream does not continue at seq %d; restoring", self.committed + 1)
+                    await self.restore()
+            except (RedisError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(0.2)
+                checked = 0.0
+
+    async def _needs_restore(self) -> bool:
+        redis = self._redis
+        assert redis is not None
+        epoch, seq, request = await redis.mget(keys.EPOCH, keys.SEQ, keys.RESTORE_REQUEST)
+        if request is not None:
+            log.info("restore requested")
+            return True
+        if epoch is None or epoch.decode() != self.epoch_id:
+            return True
+        return int(seq or 0) < self.committed
+
+    async def _commit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
+        """Commit a contiguous run read from the stream and announce it.
+
+        Returns False, committing nothing, if the run does not start right after
+        :attr:`committed` (Redis lost entries: time to restore).
+        """
+        first = self.committed + 1
+        rows = []
+        for n, (entry_id, fields) in enumerate(entries):
+            if int(entry_id.split(b"-")[0]) != first + n:
+                if n == 0:
+                    return False
+                break
+            index, color, user, ts = keys.parse_entry(fields[b"d"])
+            rows.append((first + n, index, color, user, _dt(ts)))
+        await self._write_rows(rows)
+        records = b"".join(encode_record(r[1], r[2]) for r in rows)
+        self.board.apply_records(records)
+        self.committed = rows[-1][0]
+        redis = self._redis
+        assert redis is not None
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.COMMITTED, self.committed)
+            pipe.publish(keys.FEED, keys.encode_feed(self.epoch, first, records))
+            minid = f"{max(0, self.committed - self.stream_keep)}-0"
+            pipe.xtrim(keys.STREAM, minid=minid, approximate=True)
+            await pipe.execute()
+        if self.committed - self.snapshot_seq >= self.snapshot_every:
+            await self._snapshot()
+        return True
+
+    async def _write_rows(self, rows: list[tuple[int, int, int, str, datetime]]) -> None:
+        """One transaction: the log rows, then the latest state per pixel and per user."""
+        pg = self._pg
+        assert pg is not None
+        pixels: dict[int, tuple[int, int, int, str, datetime]] = {}
+        users: dict[str, datetime] = {}
+        for r in rows:
+            pixels[r[1]] = r
+            users[r[3]] = r[4]
+        async with pg.transaction():
+            await pg.copy_records_to_table(
+                "placements", records=rows, columns=["seq", "idx", "color", "user_id", "ts"]
+            )
+            px = list(pixels.values())
+            await pg.execute(
+                "INSERT INTO pixels (idx, color, user_id, ts, seq) "
+                "SELECT * FROM unnest($1::int[], $2::smallint[], $3::text[], "
+                "$4::timestamptz[], $5::bigint[]) "
+                "ON CONFLICT (idx) DO UPDATE SET color = excluded.color, "
+                "user_id = excluded.user_id, ts = excluded.ts, seq = excluded.seq",
+                [p[1] for p in px], [p[2] for p in px], [p[3] for p in px],
+                [p[4] for p in px], [p[0] for p in px],
+            )  # fmt: skip
+            await pg.execute(
+                "INSERT INTO users (user_id, last_placed) "
+                "SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+                "ON CONFLICT (user_id) DO UPDATE SET last_placed = excluded.last_placed",
+                list(users), list(users.values()),
+            )  # fmt: skip
+
+    async def _snapshot(self) -> None:
+        pg = self._pg
+        assert pg is not None
+        async with pg.transaction():
+            await pg.execute(
+                "INSERT INTO snapshots VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                self.committed, self.board.snapshot(),
+            )  # fmt: skip
+            await pg.execute(
+                "DELETE FROM snapshots WHERE seq NOT IN "
+                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
+            )
+        self.snapshot_seq = self.committed
+
+    # -- restore -------------------------------------------------------------------
+
+    async def restore(self, progress: Progress | None = None) -> float:
+        """Rebuild Redis from what is committed, under a new epoch. Returns seconds taken."""
+        started = time.perf_counter()
+        redis, pg = self._redis, self._pg
+        assert redis is not None and pg is not None
+        say = progress or (lambda m: log.info(m))
+        # Stop new placements first, then commit whatever Redis still holds.
+        with contextlib.suppress(RedisError, OSError):
+            await redis.delete(keys.EPOCH)
+            while entries := await redis.xread(
+                {keys.STREAM: f"{self.committed}-0"}, count=self.batch
+            ):
+                if not await self._commit(entries[0][1]):
+                    break
+        self.epoch += 1
+        await set_meta(pg, "epoch", str(self.epoch))
+        say(f"restoring board at seq {self.committed} as epoch {self.epoch_id}")
+        recent = await pg.fetch(
+            "SELECT seq, idx, color, user_id, (extract(epoch FROM ts) * 1000)::bigint "
+            "FROM placements WHERE seq > $1 ORDER BY seq",
+            max(0, self.committed - self.restore_history),
+        )
+        now_ms = int(time.time() * 1000)
+        cooling = await pg.fetch(
+            "SELECT user_id, (extract(epoch FROM last_placed) * 1000)::bigint FROM users "
+            "WHERE last_placed > now() - make_interval(secs => $1)",
+            self.cooldown_ms / 1000,
+        )
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.STREAM, keys.BOARD, keys.SEQ, keys.COMMITTED, keys.RESTORE_REQUEST)
+            pipe.set(keys.BOARD, self.board.snapshot())
+            pipe.set(keys.SEQ, self.committed)
+            pipe.set(keys.COMMITTED, self.committed)
+            for seq, idx, color, user, ts in recent:
+                pipe.xadd(keys.STREAM, {"d": f"{idx} {color} {user} {ts}"}, id=f"{seq}-0")
+            for user, ts in cooling:
+                left = ts + self.cooldown_ms - now_ms
+                if left > 0:
+                    pipe.set(keys.COOLDOWN + user, ts, px=left)
+            pipe.set(keys.EPOCH, self.epoch_id)
+            pipe.publish(keys.FEED, keys.encode_feed(self.epoch, self.committed + 1, b""))
+            await pipe.execute()
+        self.restores += 1
+        took = time.perf_counter() - started
+        say(f"restored {len(recent)} recent placements, {len(cooling)} cooldowns in {took:.3f} s")
+        return took

@@ -1,0 +1,60 @@
+"""PostgreSQL schema, applied as numbered migrations on start."""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATIONS: list[str] = [
+    # 1: the placement log, latest state per pixel, users, board snapshots, metadata.
+    """
+    CREATE TABLE placements (
+        seq BIGINT PRIMARY KEY,
+        idx INTEGER NOT NULL,
+        color SMALLINT NOT NULL,
+        user_id TEXT NOT NULL,
+        ts TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE pixels (
+        idx INTEGER PRIMARY KEY,
+        color SMALLINT NOT NULL,
+        user_id TEXT NOT NULL,
+        ts TIMESTAMPTZ NOT NULL,
+        seq BIGINT NOT NULL
+    );
+    CREATE TABLE users (user_id TEXT PRIMARY KEY, last_placed TIMESTAMPTZ NOT NULL);
+    CREATE TABLE snapshots (seq BIGINT PRIMARY KEY, board BYTEA NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+# Serialises migrations between processes starting at once.
+_MIGRATION_LOCK = 0x6F70_6D69  # "opmi"
+PERSISTER_LOCK = 0x6F70_7065  # "oppe": held by the one active persister
+
+
+async def migrate(conn: asyncpg.Connection) -> None:
+    """Apply the migrations this database has not seen yet."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        for number, sql in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+async def get_meta(conn: asyncpg.Connection, key: str) -> str | None:
+    return await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)  # type: ignore[no-any-return]
+
+
+async def set_meta(conn: asyncpg.Connection, key: str, value: str) -> None:
+    await conn.execute(
+        "INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        key,
+        value,
+    )

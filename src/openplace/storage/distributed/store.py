@@ -1,0 +1,172 @@
+"""The API processes' store: Redis for the atomic step, PostgreSQL for durability.
+
+``place`` runs one Lua script (cooldown check and set, seq, pixel write, stream entry),
+then waits until the persister announces that the seq is committed to PostgreSQL.
+Many requests wait on one feed subscription, so durability costs no round trip of
+its own per placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from datetime import datetime
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from openplace.core.board import Geometry
+from openplace.core.placement import (
+    BoardSnapshot,
+    CooldownActive,
+    PixelInfo,
+    Placement,
+    StoreUnavailable,
+    UserState,
+    next_allowed,
+)
+from openplace.core.wire import RECORD_SIZE
+from openplace.storage.distributed import keys
+from openplace.storage.distributed.feed import RedisFeed
+from openplace.storage.distributed.schema import migrate
+
+log = logging.getLogger(__name__)
+
+
+async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, asyncpg.Pool]:
+    """A Redis client and a small PostgreSQL pool, with the schema migrated."""
+    redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return redis, pool
+
+
+class DistributedStore:
+    """:class:`~openplace.storage.base.Store` on Redis + PostgreSQL."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        database_url: str,
+        geometry: Geometry,
+        cooldown: float,
+        *,
+        ack_timeout: float = 10.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.database_url = database_url
+        self.geometry = geometry
+        self.cooldown = cooldown
+        self.ack_timeout = ack_timeout
+        self._waiting: list[tuple[int, str, asyncio.Future[None]]] = []  # heap by seq
+        self._redis: aioredis.Redis | None = None
+        self._pg: asyncpg.Pool | None = None
+        self.feed: RedisFeed | None = None
+
+    async def open(self) -> None:
+        self._redis, self._pg = await connect(self.redis_url, self.database_url)
+        self._place = self._redis.register_script(keys.PLACE_LUA)
+        self._board = self._redis.register_script(keys.BOARD_LUA)
+        self.feed = RedisFeed(self._redis, self._pg)
+        self.feed.listen(self._committed, self._reset)
+        await self.feed.open()
+
+    async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pg is not None:
+            await self._pg.close()
+
+    # -- placing -------------------------------------------------------------------
+
+    async def place(self, user_id: str, index: int, color: int) -> Placement:
+        feed = self.feed
+        assert feed is not None
+        try:
+            result = await self._place(
+                keys=[keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH, keys.COOLDOWN + user_id],
+                args=[index, color, user_id, int(self.cooldown * 1000)],
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        if result[0] == -1:
+            raise StoreUnavailable("the board is being restored")
+        if result[0] == 0:
+            raise CooldownActive(int(result[1]) / 1000 + self.cooldown, time.time())
+        seq, now_ms, board_id = int(result[1]), int(result[2]), result[3].decode()
+        placement = Placement(seq, index, color, user_id, now_ms / 1000)
+        if board_id == feed.board_id and seq <= feed.last:
+            return placement  # already committed
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (seq, board_id, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.ack_timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable("not committed in time; it may still appear") from exc
+        return placement
+
+    def _committed(self, first: int, records: bytes) -> None:
+        upto = first + len(records) // RECORD_SIZE - 1
+        board_id = self.feed.board_id if self.feed else ""
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= upto:
+            _, board, future = heapq.heappop(waiting)
+            if future.done():
+                continue
+            if board == board_id:
+                future.set_result(None)
+            else:
+                future.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
+
+    def _reset(self, board_id: str, head: int) -> None:
+        """Redis was restored: what waits from before was lost with it, never committed."""
+        keep = []
+        for item in self._waiting:
+            if item[1] == board_id:
+                keep.append(item)
+            elif not item[2].done():
+                item[2].set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
+        heapq.heapify(keep)
+        self._waiting = keep
+
+    # -- reading -------------------------------------------------------------------
+
+    async def board(self) -> BoardSnapshot:
+        assert self._redis is not None
+        try:
+            data, seq, epoch = await self._board(keys=[keys.BOARD, keys.SEQ, keys.EPOCH])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        if epoch is None:
+            raise StoreUnavailable("the board is being restored")
+        data = (data or b"").ljust(self.geometry.nbytes, b"\0")
+        return BoardSnapshot(data, int(seq or 0), epoch.decode())
+
+    async def pixel(self, index: int) -> PixelInfo:
+        assert self._pg is not None and self._redis is not None
+        row = await self._pg.fetchrow(
+            "SELECT color, user_id, ts, seq FROM pixels WHERE idx = $1", index
+        )
+        if row is not None:
+            ts: datetime = row["ts"]
+            return PixelInfo(index, row["color"], row["user_id"], ts.timestamp(), row["seq"])
+        (color,) = await self._redis.bitfield(keys.BOARD).get("u4", f"#{index}").execute()
+        return PixelInfo(index, int(color or 0))
+
+    async def user(self, user_id: str) -> UserState:
+        assert self._pg is not None and self._redis is not None
+        raw = await self._redis.get(keys.COOLDOWN + user_id)
+        if raw is not None:
+            last: float | None = int(raw) / 1000
+        else:
+            ts = await self._pg.fetchval(
+                "SELECT last_placed FROM users WHERE user_id = $1", user_id
+            )
+            last = ts.timestamp() if ts is not None else None
+        return UserState(user_id, last, next_allowed(last, self.cooldown))

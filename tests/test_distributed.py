@@ -1,0 +1,239 @@
+"""Distributed mode against real Redis, PostgreSQL and nginx, started by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from openplace.cluster import Cluster
+from openplace.config import Settings
+from openplace.core.board import Board, Geometry
+from openplace.core.wire import decode_frame
+from tests.conftest import auth, mint_token
+from tests.services import PostgresServer, RedisServer
+
+W, H = 100, 80
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    pg = PostgresServer().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    r = RedisServer().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Any:
+    db = await postgres.new_database()
+    env = {
+        "OPENPLACE_REDIS_URL": redis_server.url,
+        "OPENPLACE_DATABASE_URL": db,
+        "OPENPLACE_SECRET": "test-secret",
+        "OPENPLACE_WIDTH": str(W),
+        "OPENPLACE_HEIGHT": str(H),
+        "OPENPLACE_COOLDOWN_SECONDS": "300",
+        "OPENPLACE_BOARD_REFRESH_SECONDS": "0",
+        "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
+    }
+    c = Cluster(Settings.from_env(env), api=2, realtime=2, env=env)
+    await asyncio.to_thread(c.start)
+    c.db_url = db  # type: ignore[attr-defined]
+    yield c
+    await asyncio.to_thread(c.stop)
+
+
+class Listener:
+    """A websocket client that keeps a board up to date from a board fetch plus the stream."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.placements: dict[int, tuple[int, int]] = {}
+        self.last = 0
+        self.controls: list[dict[str, Any]] = []
+
+    async def run(self, since: int, stop: asyncio.Event, board: str | None = None) -> None:
+        q = f"?since={since}" + (f"&board={board}" if board else "")
+        self.last = since
+        async with connect(self.url + q) as ws:
+            while not stop.is_set():  # noqa: ASYNC110
+                try:
+                    msg = await asyncio.wait_for(ws.recv(), 0.2)
+                except TimeoutError:
+                    continue
+                if isinstance(msg, str):
+                    control = json.loads(msg)
+                    self.controls.append(control)
+                    if control["type"] == "resync":  # a real client reloads the board here
+                        self.last = control["head"]
+                    continue
+                first, items = decode_frame(msg)
+                assert first <= self.last + 1, f"gap: after {self.last} came {first}"
+                for k, item in enumerate(items):
+                    if first + k > self.last:
+                        self.placements[first + k] = item
+                self.last = max(self.last, first + len(items) - 1)
+
+
+async def place(c: httpx.AsyncClient, url: str, token: str, x: int, y: int, color: int) -> Any:
+    return await c.post(url + "/api/pixel", json={"x": x, "y": y, "color": color},
+                        headers=auth(token))  # fmt: skip
+
+
+async def wait_for(cond: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)
+
+
+def nibble(board: bytes, index: int) -> int:
+    return board[index // 2] >> 4 if index % 2 == 0 else board[index // 2] & 15
+
+
+async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster: Any) -> None:
+    api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
+    rt1, rt2 = (f"ws://127.0.0.1:{p}/ws" for p in cluster.realtime_ports)
+    stop = asyncio.Event()
+    a, b = Listener(rt1), Listener(rt2)
+    tasks = [asyncio.create_task(a.run(0, stop)), asyncio.create_task(b.run(0, stop))]
+    async with httpx.AsyncClient(timeout=20) as c:
+        rs = await asyncio.gather(*[
+            place(c, api1 if i % 2 else api2, mint_token(), i % W, i // W, i % 16)
+            for i in range(60)
+        ])  # fmt: skip
+        assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+        assert sorted(r.json()["seq"] for r in rs) == list(range(1, 61))
+        await wait_for(lambda: a.last >= 60 and b.last >= 60)
+        assert a.placements == b.placements and sorted(a.placements) == list(range(1, 61))
+        # Durable in PostgreSQL before acknowledged: the log holds every one, gapless.
+        conn = await asyncpg.connect(cluster.db_url)
+        seqs = [r[0] for r in await conn.fetch("SELECT seq FROM placements ORDER BY seq")]
+        pixels = await conn.fetchval("SELECT count(*) FROM pixels")
+        await conn.close()
+        assert seqs == list(range(1, 61)) and pixels == 60
+        # Pixel info is read from PostgreSQL.
+        info = (await c.get(api1 + "/api/pixel", params={"x": 5, "y": 0})).json()
+        assert info["seq"] == rs[5].json()["seq"] and info["color"] == 5 and info["user_id"]
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_cooldown_holds_across_api_processes(cluster: Any) -> None:
+    api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
+    async with httpx.AsyncClient(timeout=20) as c:
+        for round_ in range(5):  # two users racing, each on both processes at once
+            t1, t2 = mint_token(), mint_token()
+            rs = await asyncio.gather(
+                place(c, api1, t1, 1, round_, 1), place(c, api2, t1, 2, round_, 2),
+                place(c, api2, t2, 3, round_, 3), place(c, api1, t2, 4, round_, 4),
+            )  # fmt: skip
+            codes = [r.status_code for r in rs]
+            assert sorted(codes[:2]) == [200, 429] and sorted(codes[2:]) == [200, 429], codes
+        me = (await c.get(api2 + "/api/me", headers=auth(t1))).json()
+        assert me["next_at"] is not None
+
+
+async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: Any) -> None:
+    api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
+    geometry = Geometry(W, H)
+    async with httpx.AsyncClient(timeout=20) as c:
+        for i in range(20):
+            await place(c, api1, mint_token(), i, 1, 7)
+        cached = await c.get(cluster.url + "/api/board")  # may be up to ~1 s stale
+        assert cached.status_code == 200 and len(cached.content) == W * H // 2
+        stop = asyncio.Event()
+        listener = Listener(cluster.url.replace("http", "ws") + "/ws")
+        since = int(cached.headers["x-seq"])
+        task = asyncio.create_task(listener.run(since, stop, cached.headers["x-board-id"]))
+        rs = await asyncio.gather(*[place(c, api1, mint_token(), i, 2, 9) for i in range(30)])
+        top = max(r.json()["seq"] for r in rs)
+        await wait_for(lambda: listener.last >= top)
+        stop.set()
+        await task
+        board = Board(geometry, cached.content)
+        for seq in sorted(listener.placements):
+            board.set(*listener.placements[seq])
+        direct = await c.get(api1 + "/api/board")
+        assert int(direct.headers["x-seq"]) == top
+        assert bytes(board.data) == direct.content
+        # The cache answers repeated fetches itself.
+        statuses = [(await c.get(cluster.url + "/api/board")).headers.get("x-cache")
+                    for _ in range(5)]  # fmt: skip
+        assert "HIT" in statuses
+
+
+async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
+    cluster: Any, redis_server: RedisServer
+) -> None:
+    api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
+    rt2 = f"ws://127.0.0.1:{cluster.realtime_ports[1]}/ws"
+    acked: dict[int, tuple[int, int]] = {}
+    stop = asyncio.Event()
+    listener = Listener(rt2)
+    task = asyncio.create_task(listener.run(0, stop))
+
+    async with httpx.AsyncClient(timeout=20) as c:
+
+        async def writer(k: int) -> None:
+            n = 0
+            while not stop.is_set():
+                x, y = (k * 7 + n) % W, (k * 3 + n) // W % H
+                try:
+                    r = await place(c, api1 if n % 2 else api2, mint_token(), x, y, (k + n) % 16)
+                except httpx.HTTPError:
+                    r = None
+                if r is not None and r.status_code == 200:
+                    acked[r.json()["seq"]] = (y * W + x, (k + n) % 16)
+                n += 1
+                await asyncio.sleep(0.005)
+
+        writers = [asyncio.create_task(writer(k)) for k in range(4)]
+        await wait_for(lambda: len(acked) >= 40)
+        redis_server.kill()
+        await asyncio.sleep(0.5)
+        redis_server.start()  # empty: no persistence
+        await wait_for(lambda: len(acked) >= 120 and max(acked) > 80, timeout=30)
+        stop.set()
+        await asyncio.gather(*writers)
+        await task
+
+        # Every acknowledged placement is in the durable log, under its seq.
+        conn = await asyncpg.connect(cluster.db_url)
+        rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
+        await conn.close()
+        log = {r[0]: (r[1], r[2]) for r in rows}
+        assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
+        for seq, item in acked.items():
+            assert log[seq] == item
+        # The restored board equals the log replayed, and the sequence continued.
+        board = Board(Geometry(W, H))
+        for seq in sorted(log):
+            board.set(*log[seq])
+        direct = await c.get(api1 + "/api/board")
+        assert int(direct.headers["x-seq"]) == len(log)
+        assert direct.content == bytes(board.data)
+        # A client that was connected through the failure was told to resync.
+        assert any(m["type"] == "resync" for m in listener.controls)
+        # A client resuming after the failure from a fresh board is exact.
+        fresh = Listener(rt2)
+        stop2 = asyncio.Event()
+        t2 = asyncio.create_task(fresh.run(len(log), stop2, direct.headers["x-board-id"]))
+        r = await place(c, api1, mint_token(), 0, 0, 15)
+        assert r.status_code == 200 and r.json()["seq"] == len(log) + 1
+        await wait_for(lambda: fresh.last == len(log) + 1)
+        stop2.set()
+        await t2
+        assert fresh.placements == {len(log) + 1: (0, 15)}
