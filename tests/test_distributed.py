@@ -69,7 +69,7 @@ class Listener:
         q = f"?since={since}" + (f"&board={board}" if board else "")
         self.last = since
         async with connect(self.url + q) as ws:
-            while not stop.is_set():  # noqa: ASYNC110
+            while not stop.is_set():
                 try:
                     msg = await asyncio.wait_for(ws.recv(), 0.2)
                 except TimeoutError:

@@ -101,8 +101,8 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
                 if settings.distributed:
                     from openplace.realtime.online import report_online
 
-                    tasks.append(asyncio.create_task(
-                        report_online(hub, feed.redis, settings.online_interval_seconds)))  # fmt: skip
+                    reporter = report_online(hub, feed.redis, settings.online_interval_seconds)
+                    tasks.append(asyncio.create_task(reporter))
             yield
         finally:
             for t in tasks:

@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run_uvicorn(app: object, settings: Settings) -> None:
     config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -63,8 +63,10 @@ def role(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not settings.distributed:
-        raise ValueError(f"`openplace {args.command}` needs OPENPLACE_REDIS_URL and "
-                         "OPENPLACE_DATABASE_URL (use `openplace serve` for embedded mode)")  # fmt: skip
+        raise ValueError(
+            f"`openplace {args.command}` needs OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL "
+            "(use `openplace serve` for embedded mode)"
+        )
     roles = {"api", "web"} if args.command == "api" else {"realtime"}
     log.info("starting %s on %s:%d", args.command, settings.host, settings.port)
     _run_uvicorn(create_app(settings, roles), settings)
@@ -161,10 +163,10 @@ def cluster(args: argparse.Namespace) -> int:
     with Cluster(settings, api=args.api, realtime=args.realtime, port=args.port or 0) as c:
         print(f"openplace: {args.api} API + {args.realtime} realtime processes, logs in "
               f"{c.run_dir}")  # fmt: skip
-        for name, port in [*zip((f"api{i + 1}" for i in range(args.api)), c.api_ports),
-                           *zip((f"realtime{i + 1}" for i in range(args.realtime)),
-                                c.realtime_ports)]:  # fmt: skip
-            print(f"openplace:   {name} on http://127.0.0.1:{port}/")
+        for i, port in enumerate(c.api_ports, 1):
+            print(f"openplace:   api{i} on http://127.0.0.1:{port}/")
+        for i, port in enumerate(c.realtime_ports, 1):
+            print(f"openplace:   realtime{i} on ws://127.0.0.1:{port}/ws")
         print(f"openplace: canvas at {c.url}/  (nginx; Ctrl-C stops everything)", flush=True)
         try:
             while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -43,7 +44,5 @@ async def report_online(hub: Hub, redis: aioredis.Redis, interval: float) -> Non
                 log.debug("online count not updated: %s", exc)
             await asyncio.sleep(interval)
     finally:
-        try:
+        with contextlib.suppress(RedisError, OSError):
             await redis.hdel(keys.ONLINE, me)
-        except (RedisError, OSError):
-            pass
