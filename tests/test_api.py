@@ -47,6 +47,7 @@ async def test_place_pixel_shows_on_board_and_pixel_info(client: httpx.AsyncClie
     assert info["color"] == 5 and info["seq"] == 1 and info["user_id"] == me["user_id"]
     assert info["placed_at"] == me["last_placed_at"]
     assert me["next_at"] == body["next_at"]
+    assert (await client.get("/api/board")).headers["x-board-id"]
 
 
 async def test_never_placed_pixel_has_null_info(client: httpx.AsyncClient) -> None:
@@ -193,6 +194,11 @@ async def test_board_etag_and_gzip(client: httpx.AsyncClient) -> None:
         "/api/board", headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
     )
     assert again.status_code == 304 and again.headers["x-seq"] == "0"
+    refused = await client.get("/api/board", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+    weak = await client.get("/api/board", headers={"If-None-Match": "W/" + etag,
+                                                    "Accept-Encoding": "identity"})  # fmt: skip
+    assert weak.status_code == 304
     raw = await client.get("/api/board", headers={"Accept-Encoding": "gzip"})
     assert raw.headers["content-encoding"] == "gzip"
     assert raw.headers["etag"] != etag
@@ -225,6 +231,10 @@ async def test_unknown_routes_and_methods_answer_json_errors(client: httpx.Async
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = await client.delete("/api/board")
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    r = await client.get("/api/session")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    r = await client.put("/api/pixel")
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
 
 
 async def test_healthz_and_openapi(client: httpx.AsyncClient) -> None:
@@ -245,3 +255,31 @@ async def test_healthz_and_openapi(client: httpx.AsyncClient) -> None:
 async def test_web_page_is_served(client: httpx.AsyncClient) -> None:
     r = await client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+
+
+async def test_me_says_may_place_now_once_the_cooldown_is_over(server_factory, settings) -> None:  # type: ignore[no-untyped-def]
+    srv: LiveServer = await server_factory(settings.with_(cooldown_seconds=0.2))
+    async with httpx.AsyncClient(base_url=srv.url) as c:
+        token = await new_token(c)
+        await c.post("/api/pixel", json={"x": 0, "y": 0, "color": 1}, headers=auth(token))
+        assert (await c.get("/api/me", headers=auth(token))).json()["next_at"] is not None
+        await asyncio.sleep(0.25)
+        me = (await c.get("/api/me", headers=auth(token))).json()
+        assert me["next_at"] is None and me["last_placed_at"] is not None
+        r = await c.post("/api/pixel", json={"x": 0, "y": 0, "color": 2}, headers=auth(token))
+        assert r.status_code == 200
+
+
+def test_configuration_errors_are_clear() -> None:
+    from openplace.config import Settings
+
+    with pytest.raises(ValueError, match="OPENPLACE_WIDTH"):
+        Settings.from_env({"OPENPLACE_WIDTH": "0"})
+    with pytest.raises(ValueError, match="cannot parse"):
+        Settings.from_env({"OPENPLACE_COOLDOWN_SECONDS": "soon"})
+    with pytest.raises(ValueError, match="REPLAY_LIMIT"):
+        Settings.from_env({"OPENPLACE_REPLAY_LIMIT": "0"})
+    with pytest.raises(ValueError, match="both"):
+        Settings.from_env({"OPENPLACE_REDIS_URL": "redis://x"})
+    s = Settings.from_env({"OPENPLACE_COOLDOWN_SECONDS": "2.5", "OPENPLACE_SECRET": "hush"})
+    assert s.cooldown_seconds == 2.5 and "hush" not in repr(s)

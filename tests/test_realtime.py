@@ -144,12 +144,29 @@ async def test_too_far_behind_gets_resync(server_factory, settings) -> None:  # 
             assert not any(c["type"] == "resync" for c in s.controls)
 
 
-@pytest.mark.parametrize("since", ["-1", "abc", "1.5"])
-async def test_bad_since_is_refused(server: LiveServer, since: str) -> None:
+@pytest.mark.parametrize("query", ["since=-1", "since=abc", "since=1.5", "since=+5",
+                                   "since=1&board=" + "x" * 65])  # fmt: skip
+async def test_bad_query_is_refused_with_a_json_error(server: LiveServer, query: str) -> None:
     with pytest.raises(websockets.InvalidStatus) as exc:
-        async with connect(server.ws_url + f"?since={since}") as ws:
+        async with connect(server.ws_url + "?" + query) as ws:
             await ws.recv()
-    assert exc.value.response.status_code == 403
+    assert exc.value.response.status_code == 400
+    assert json.loads(exc.value.response.body)["error"] in {"bad_since", "bad_board"}
+
+
+async def test_stale_board_id_gets_resync(server: LiveServer, client: httpx.AsyncClient) -> None:
+    await place_many(client, 3)
+    board = (await client.get("/api/board")).headers["x-board-id"]
+    async with connect(server.ws_url + f"?since=3&board={board}") as ws:
+        s = StreamClient(ws)
+        assert (await s.control("hello"))["board"] == board
+        await place_many(client, 1, offset=10)
+        s.last_seq = 3
+        await s.until(4)
+        assert not any(c["type"] == "resync" for c in s.controls)
+    async with connect(server.ws_url + "?since=3&board=someotherboard") as ws:
+        s = StreamClient(ws)
+        assert (await s.control("resync"))["board"] == board
 
 
 async def test_ping_pong_and_bad_client_messages(server: LiveServer) -> None:
@@ -191,9 +208,10 @@ async def test_connections_per_ip_are_limited(server_factory, settings) -> None:
     srv: LiveServer = await server_factory(settings.with_(ws_max_connections_per_ip=2))
     async with connect(srv.ws_url) as a, connect(srv.ws_url) as b:
         await a.recv(), await b.recv()
-        with pytest.raises(websockets.InvalidStatus):
+        with pytest.raises(websockets.InvalidStatus) as exc:
             async with connect(srv.ws_url) as c:
                 await c.recv()
+        assert exc.value.response.status_code == 429
     async with connect(srv.ws_url) as d:  # slots are given back
         assert json.loads(await d.recv())["type"] == "hello"
 

@@ -86,6 +86,12 @@ class Settings:
             raise ValueError(
                 "distributed mode needs both OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL"
             )
+        positive = ("replay_limit", "snapshot_every", "ws_max_connections_per_ip",
+                    "ws_send_buffer_bytes", "ws_max_message_bytes", "max_body_bytes",
+                    "sessions_per_ip_per_minute")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 1")
         if self.cooldown_seconds < 0:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
 

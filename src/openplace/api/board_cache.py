@@ -7,6 +7,7 @@ not grow with the request rate.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import Callable
@@ -22,13 +23,15 @@ class CachedBoard:
     board_id: str
     etag: str
     taken: float
-    _gzip: bytes | None = field(default=None, repr=False)
+    _gzip: asyncio.Task[bytes] | None = field(default=None, repr=False)
 
-    @property
-    def gzipped(self) -> bytes:
+    async def gzipped(self) -> bytes:
+        """The gzip encoding, computed once, in a thread (a busy board takes ~50 ms)."""
         if self._gzip is None:
-            self._gzip = gzip.compress(self.data, compresslevel=6, mtime=0)
-        return self._gzip
+            self._gzip = asyncio.ensure_future(
+                asyncio.to_thread(gzip.compress, self.data, 6, mtime=0)
+            )
+        return await asyncio.shield(self._gzip)
 
 
 class BoardCache:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
@@ -60,13 +60,9 @@ def authenticate(request: Request) -> Identity:
 async def read_json(request: Request) -> Any:
     """The request body as JSON, refusing bodies over the configured limit."""
     limit: int = request.app.state.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise APIError(413, "body_too_large", f"request body over {limit} bytes")
-        except ValueError as exc:
-            raise APIError(400, "bad_request", "invalid Content-Length") from exc
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # the server has checked its syntax
+        raise APIError(413, "body_too_large", f"request body over {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -76,6 +72,19 @@ async def read_json(request: Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise APIError(400, "bad_json", "request body is not valid JSON") from exc
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it)."""
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:
@@ -117,7 +126,7 @@ async def new_session(request: Request) -> Response:
 async def board(request: Request) -> Response:
     cached = await request.app.state.board_cache.get()
     s = request.app.state.settings
-    gz = "gzip" in request.headers.get("accept-encoding", "")
+    gz = accepts_gzip(request.headers.get("accept-encoding", ""))
     etag = cached.etag[:-1] + '-gz"' if gz else cached.etag
     headers = {
         "ETag": etag,
@@ -126,14 +135,16 @@ async def board(request: Request) -> Response:
         "Vary": "Accept-Encoding",
         "Cache-Control": f"public, max-age={s.board_max_age_seconds}, "
         f"stale-while-revalidate={5 * max(1, s.board_max_age_seconds)}",
-        "Access-Control-Expose-Headers": "X-Seq, X-Board-Id, ETag",
     }
     inm = request.headers.get("if-none-match", "")
-    if inm and (inm.strip() == "*" or etag in {t.strip() for t in inm.split(",")}):
+    if inm and (
+        inm.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in inm.split(",")}
+    ):
         return Response(status_code=304, headers=headers)
     if gz:
         headers["Content-Encoding"] = "gzip"
-        return Response(cached.gzipped, media_type="application/octet-stream", headers=headers)
+        body = await cached.gzipped()
+        return Response(body, media_type="application/octet-stream", headers=headers)
     return Response(cached.data, media_type="application/octet-stream", headers=headers)
 
 
@@ -148,7 +159,7 @@ async def place_pixel(request: Request) -> Response:
         index = store.geometry.index(x, y)
         check_color(color)
     except InvalidPixel as exc:
-        code = "bad_color" if "color" in str(exc) else "bad_coordinates"
+        code = "bad_color" if exc.field == "color" else "bad_coordinates"
         raise APIError(400, code, str(exc)) from exc
     try:
         placement = await store.place(identity.user_id, index, color)
@@ -219,13 +230,14 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_schema(request.app.state.settings))
 
 
-ROUTES = [
-    Route("/api/canvas", canvas, methods=["GET"]),
-    Route("/api/session", new_session, methods=["POST"]),
-    Route("/api/board", board, methods=["GET"]),
-    Route("/api/pixel", place_pixel, methods=["POST"]),
-    Route("/api/pixel", pixel_info, methods=["GET"]),
-    Route("/api/me", me, methods=["GET"]),
-    Route("/api/openapi.json", openapi, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
+# Mounted at /api, so a wrong method on an API path is a JSON 405, not the page's 404.
+API_ROUTES = [
+    Route("/canvas", canvas, methods=["GET"]),
+    Route("/session", new_session, methods=["POST"]),
+    Route("/board", board, methods=["GET"]),
+    Route("/pixel", place_pixel, methods=["POST"]),
+    Route("/pixel", pixel_info, methods=["GET"]),
+    Route("/me", me, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]
+ROUTES = [Mount("/api", routes=API_ROUTES), Route("/healthz", healthz, methods=["GET"])]

@@ -14,7 +14,11 @@ from openplace.core.palette import PALETTE
 
 
 class InvalidPixel(ValueError):
-    """Coordinates or colour out of range."""
+    """Coordinates or colour out of range; ``field`` is ``"coordinates"`` or ``"color"``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +40,9 @@ class Geometry:
         """The pixel index of (x, y), or :class:`InvalidPixel`."""
         if not (0 <= x < self.width and 0 <= y < self.height):
             raise InvalidPixel(
+                "coordinates",
                 f"coordinates ({x}, {y}) are outside the board "
-                f"(0..{self.width - 1}, 0..{self.height - 1})"
+                f"(0..{self.width - 1}, 0..{self.height - 1})",
             )
         return y * self.width + x
 
@@ -48,7 +53,7 @@ class Geometry:
 def check_color(color: int) -> int:
     """Return ``color`` if it is a palette index, else raise :class:`InvalidPixel`."""
     if not 0 <= color < len(PALETTE):
-        raise InvalidPixel(f"color must be a palette index 0..{len(PALETTE) - 1}")
+        raise InvalidPixel("color", f"color must be a palette index 0..{len(PALETTE) - 1}")
     return color
 
 

@@ -61,6 +61,8 @@ class StoreUnavailable(Exception):
     """The store could not make a placement durable; nothing was changed."""
 
 
-def next_allowed(last_placed: float | None, cooldown: float) -> float | None:
-    """When a user who last placed at ``last_placed`` may place again."""
-    return None if last_placed is None else last_placed + cooldown
+def next_allowed(last_placed: float | None, cooldown: float, now: float) -> float | None:
+    """When a user who last placed at ``last_placed`` may place again (None: now)."""
+    if last_placed is None or last_placed + cooldown <= now:
+        return None
+    return last_placed + cooldown

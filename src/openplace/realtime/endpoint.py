@@ -9,35 +9,40 @@ import logging
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from openplace.api.errors import error_response
 from openplace.core.wire import control
 from openplace.realtime.hub import CLOSE_TOO_SLOW, Hub, Subscriber
 
 log = logging.getLogger(__name__)
-
-CLOSE_TOO_MANY = 1013  # try again later
-CLOSE_POLICY = 1008
 
 
 def client_ip(ws: WebSocket) -> str:
     return ws.client.host if ws.client else "?"
 
 
+async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the upgrade with a JSON HTTP error (where the server supports it)."""
+    response = error_response(status, code, message)
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(response)
+    else:
+        await ws.close(code=1008, reason=message)
+
+
 async def websocket_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
     since_raw = ws.query_params.get("since")
-    since: int | None = None
-    if since_raw is not None:
-        try:
-            since = int(since_raw)
-            if since < 0:
-                raise ValueError
-        except ValueError:
-            await ws.close(code=CLOSE_POLICY, reason="since must be a non-negative integer")
-            return
+    if since_raw is not None and not (since_raw.isascii() and since_raw.isdigit()):
+        await _deny(ws, 400, "bad_since", "since must be a non-negative integer")
+        return
+    since = int(since_raw) if since_raw is not None else None
     board = ws.query_params.get("board")
+    if board is not None and not (0 < len(board) <= 64 and board.isprintable()):
+        await _deny(ws, 400, "bad_board", "board must be the X-Board-Id of a board fetch")
+        return
     ip = client_ip(ws)
     if not hub.admit(ip):
-        await ws.close(code=CLOSE_TOO_MANY, reason="too many connections from this address")
+        await _deny(ws, 429, "too_many_connections", "too many connections from this address")
         return
     try:
         await ws.accept()

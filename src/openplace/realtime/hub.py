@@ -42,13 +42,17 @@ class Subscriber:
         self.close_reason = ""
         self.done = asyncio.Event()  # set when closed: the connection should end
 
-    def offer(self, message: Message) -> None:
-        """Queue a message; over the limit, mark the subscriber too slow."""
+    def offer(self, message: Message, *, bounded: bool = True) -> None:
+        """Queue a message; over the limit, mark the subscriber too slow.
+
+        Replay is offered with ``bounded=False``: it is bounded by the replay limit
+        already, and a client far behind must be able to catch up in one go.
+        """
         if self.closed:
             return
         self._queue.append(message)
         self.buffered += len(message)
-        if self.buffered > self.limit:
+        if bounded and self.buffered > self.limit:
             self.close("too slow")
         self._event.set()
 
@@ -198,11 +202,11 @@ class Hub:
                     sent = history.head
                     continue
                 for frame in split_frames(sent + 1, older):
-                    sub.offer(frame)
+                    sub.offer(frame, bounded=False)
                 sent = upto
                 continue
             for frame in split_frames(sent + 1, records):
-                sub.offer(frame)
+                sub.offer(frame, bounded=False)
             self.subscribers.add(sub)
             sub.offer(control("online", count=self.online()))
             return

@@ -86,6 +86,7 @@ class EmbeddedStore:
         self._head = 0  # last committed seq
         self._next_seq = 1  # next seq to assign
         self._snapshot_seq = 0
+        self._snapshotting = False
         self._last_placed: dict[str, float] = {}
         self._queue: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -225,7 +226,8 @@ class EmbeddedStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def _committed(self, batch: list[_Pending]) -> None:
@@ -246,10 +248,13 @@ class EmbeddedStore:
                 listener(first, data)
             except Exception:
                 log.exception("placement listener failed")
-        if self._head - self._snapshot_seq >= self.snapshot_every:
-            self._snapshot_seq = self._head
+        if self._head - self._snapshot_seq >= self.snapshot_every and not self._snapshotting:
+            self._snapshotting = True
             loop = asyncio.get_running_loop()
-            loop.run_in_executor(self._writer, self._write_snapshot, self._head, board.snapshot())
+            job = loop.run_in_executor(
+                self._writer, self._write_snapshot, self._head, board.snapshot()
+            )
+            job.add_done_callback(self._snapshot_done)
 
     def _roll_back(self, failed: list[_Pending], exc: BaseException) -> None:
         for p in reversed(failed):
@@ -263,16 +268,29 @@ class EmbeddedStore:
         if failed:
             self._next_seq = failed[0].placement.seq
 
-    def _write_snapshot(self, seq: int, data: bytes) -> None:
+    def _snapshot_done(self, job: asyncio.Future[int]) -> None:
+        self._snapshotting = False
+        if job.exception() is not None:
+            log.error("snapshot failed (will retry): %s", job.exception())
+        else:
+            self._snapshot_seq = max(self._snapshot_seq, job.result())
+
+    def _write_snapshot(self, seq: int, data: bytes) -> int:
         db = self._wdb
         assert db is not None
         db.execute("BEGIN")
-        db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, data))
-        db.execute(
-            "DELETE FROM snapshots WHERE seq NOT IN "
-            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
-        )
-        db.execute("COMMIT")
+        try:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, data))
+            db.execute(
+                "DELETE FROM snapshots WHERE seq NOT IN "
+                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return seq
 
     # -- reading -------------------------------------------------------------------
 
@@ -296,7 +314,7 @@ class EmbeddedStore:
         if last is None:
             rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
             last = float(rows[0][0]) if rows else None
-        return UserState(user_id, last, next_allowed(last, self.cooldown))
+        return UserState(user_id, last, next_allowed(last, self.cooldown, self.clock()))
 
     async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:

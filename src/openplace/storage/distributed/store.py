@@ -169,4 +169,4 @@ class DistributedStore:
                 "SELECT last_placed FROM users WHERE user_id = $1", user_id
             )
             last = ts.timestamp() if ts is not None else None
-        return UserState(user_id, last, next_allowed(last, self.cooldown))
+        return UserState(user_id, last, next_allowed(last, self.cooldown, time.time()))
