@@ -1,0 +1,463 @@
+// openplace web client: wires the board, the view, the API and the live stream
+// to the page.
+
+import { Board } from "./board.js";
+import { Api, ApiError, LiveStream } from "./net.js";
+import { View } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+const COLOR_KEY = "openplace.color";
+const HINT_KEY = "openplace.hinted";
+
+const api = new Api();
+let board = null;
+let view = null;
+let stream = null;
+let canvasInfo = null;
+let selected = 0;
+let inspectMode = false;
+let cooldownUntil = 0; // performance.now() deadline; 0 = ready
+let placing = false;
+const awaiting = new Map(); // index -> seq of our placement not yet seen on the stream
+
+// -- small UI helpers -------------------------------------------------------------
+
+let toastTimer = null;
+function toast(message, kind = "info", ms = 2600) {
+  const el = $("toast");
+  el.textContent = message;
+  el.dataset.kind = kind;
+  el.classList.add("show");
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => el.classList.remove("show"), ms);
+}
+
+function mmss(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  const m = Math.floor(s / 60);
+  return `${String(m).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function ago(iso) {
+  const s = Math.max(0, (Date.now() + api.clockOffset - Date.parse(iso)) / 1000);
+  if (s < 5) return "just now";
+  if (s < 60) return `${Math.floor(s)} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} days ago`;
+}
+
+// -- palette ----------------------------------------------------------------------
+
+function buildPalette(palette) {
+  const root = $("palette");
+  root.replaceChildren();
+  palette.forEach((hex, i) => {
+    const b = document.createElement("button");
+    b.className = "swatch";
+    b.type = "button";
+    b.style.setProperty("--c", hex);
+    b.dataset.color = String(i);
+    b.setAttribute("role", "radio");
+    b.setAttribute("aria-label", `Colour ${i + 1} (${hex})`);
+    b.title = i < 10 ? `${hex} · key ${(i + 1) % 10}` : hex;
+    b.addEventListener("click", () => selectColor(i));
+    root.append(b);
+  });
+  const stored = parseInt(localStorage.getItem(COLOR_KEY) || "", 10);
+  selectColor(Number.isInteger(stored) && stored >= 0 && stored < palette.length ? stored : 5);
+}
+
+function selectColor(i) {
+  selected = i;
+  for (const b of $("palette").children) {
+    const on = Number(b.dataset.color) === i;
+    b.classList.toggle("selected", on);
+    b.setAttribute("aria-checked", String(on));
+  }
+  try {
+    localStorage.setItem(COLOR_KEY, String(i));
+  } catch {
+    /* ignore */
+  }
+  if (inspectMode) setInspect(false);
+  updatePreview();
+}
+
+function setInspect(on) {
+  inspectMode = on;
+  $("inspect").setAttribute("aria-pressed", String(on));
+  document.body.classList.toggle("inspecting", on);
+  updatePreview();
+}
+
+function updatePreview() {
+  if (!view) return;
+  view.preview = !inspectMode && isReady() ? selected : null;
+  view.requestDraw();
+}
+
+// -- cooldown ---------------------------------------------------------------------
+
+function isReady() {
+  return cooldownUntil <= performance.now();
+}
+
+function setCooldown(ms) {
+  const max = (canvasInfo ? canvasInfo.cooldown_seconds : 300) * 1000 + 1000;
+  ms = Math.min(ms, max); // a client clock far off must not lock us out
+  cooldownUntil = ms > 0 ? performance.now() + ms : 0;
+  renderCooldown();
+  updatePreview();
+}
+
+function renderCooldown() {
+  const el = $("cooldown");
+  const left = cooldownUntil - performance.now();
+  if (placing) {
+    el.dataset.state = "placing";
+    $("cooldown-text").textContent = "Placing…";
+  } else if (left > 0) {
+    el.dataset.state = "cooling";
+    $("cooldown-text").textContent = mmss(left);
+    el.title = "Time until you can place another pixel";
+  } else {
+    if (el.dataset.state === "cooling") updatePreview();
+    el.dataset.state = "ready";
+    $("cooldown-text").textContent = "Ready";
+    el.title = "You can place a pixel";
+  }
+}
+
+// -- placing ----------------------------------------------------------------------
+
+async function place(x, y) {
+  if (inspectMode) return inspect(x, y);
+  if (placing) return;
+  if (!isReady()) {
+    toast(`Hang on — you can place again in ${mmss(cooldownUntil - performance.now())}`);
+    const el = $("cooldown");
+    el.classList.remove("nudge");
+    void el.offsetWidth;
+    el.classList.add("nudge");
+    return;
+  }
+  const index = board.index(x, y);
+  const color = selected;
+  board.setPending(index, color);
+  awaiting.delete(index);
+  placing = true;
+  renderCooldown();
+  updatePreview();
+  try {
+    const res = await api.place(x, y, color);
+    setCooldown(Math.min(api.msUntil(res.next_at), canvasInfo.cooldown_seconds * 1000));
+    if (stream.lastSeq >= res.seq) board.clearPending(index);
+    else awaiting.set(index, res.seq);
+  } catch (err) {
+    board.clearPending(index);
+    if (err instanceof ApiError && err.status === 429 && err.code === "cooldown") {
+      // retry_after is relative, so immune to a wrong client clock; next_at as a fallback.
+      const retry = Number(err.body.retry_after);
+      setCooldown(Number.isFinite(retry) ? retry * 1000 : api.msUntil(err.body.next_at));
+      toast(`Not yet — you can place again in ${mmss(cooldownUntil - performance.now())}`);
+    } else if (err instanceof ApiError) {
+      toast(`Couldn't place the pixel: ${err.message}`, "error", 4000);
+    } else {
+      toast("Couldn't reach the server — pixel not placed", "error", 4000);
+    }
+  } finally {
+    placing = false;
+    renderCooldown();
+    updatePreview();
+  }
+}
+
+/** Our optimistic pixels whose placement the stream has now delivered. */
+function confirmUpTo(seq) {
+  for (const [index, s] of awaiting) {
+    if (s <= seq) {
+      awaiting.delete(index);
+      board.clearPending(index);
+    }
+  }
+}
+
+// -- pixel info -------------------------------------------------------------------
+
+let inspectToken = 0;
+async function inspect(x, y) {
+  const token = ++inspectToken;
+  const panel = $("info");
+  panel.hidden = false;
+  $("toast").classList.remove("show"); // on phones they share the top of the screen
+  view.marked = { x, y };
+  view.requestDraw();
+  $("info-coords").textContent = `(${x}, ${y})`;
+  $("info-swatch").style.setProperty("--c", board.palette[board.get(x, y)]);
+  $("info-user").textContent = "…";
+  $("info-when").textContent = "…";
+  $("info-when").title = "";
+  try {
+    const info = await api.pixel(x, y);
+    if (token !== inspectToken) return;
+    if (info.color !== null && info.color !== undefined) {
+      $("info-swatch").style.setProperty("--c", board.palette[info.color]);
+    }
+    if (!info.user_id) {
+      $("info-user").textContent = "Nobody yet";
+      $("info-when").textContent = "—";
+    } else {
+      const user = $("info-user");
+      user.textContent = info.user_id;
+      user.title = info.user_id;
+      if (info.user_id === api.userId) {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "you";
+        user.append(badge);
+      }
+      $("info-when").textContent = ago(info.placed_at);
+      $("info-when").title = new Date(info.placed_at).toLocaleString();
+    }
+  } catch {
+    if (token !== inspectToken) return;
+    $("info-user").textContent = "Couldn't load";
+    $("info-when").textContent = "—";
+  }
+}
+
+function closeInfo() {
+  inspectToken++;
+  $("info").hidden = true;
+  if (view) {
+    view.marked = null;
+    view.requestDraw();
+  }
+}
+
+// -- the view in the URL ----------------------------------------------------------
+
+function parseHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const num = (k) => {
+    const v = parseFloat(p.get(k) ?? "");
+    return Number.isFinite(v) ? v : null;
+  };
+  return { x: num("x"), y: num("y"), z: num("z") };
+}
+
+function applyHash() {
+  const h = parseHash();
+  if (h.x === null && h.y === null && h.z === null) return false;
+  view.setView(
+    h.x === null ? view.cx : h.x + 0.5,
+    h.y === null ? view.cy : h.y + 0.5,
+    h.z === null ? view.z : h.z,
+    true,
+  );
+  renderZoom();
+  return true;
+}
+
+let hashTimer = null;
+function viewMoved() {
+  renderZoom();
+  if (hashTimer !== null) return;
+  hashTimer = setTimeout(() => {
+    hashTimer = null;
+    const z = Math.round(view.z * 100) / 100;
+    const hash = `#x=${Math.floor(view.cx)}&y=${Math.floor(view.cy)}&z=${z}`;
+    if (location.hash !== hash) history.replaceState(null, "", hash);
+  }, 200);
+}
+
+function renderZoom() {
+  const z = view.z;
+  $("zoom-level").textContent = z >= 10 ? `${Math.round(z)}×` : `${Math.round(z * 10) / 10}×`;
+}
+
+function renderCoords(p) {
+  $("coords-text").textContent = p ? `${p.x}, ${p.y}` : "—";
+}
+
+// -- connection status ------------------------------------------------------------
+
+let retryTicker = null;
+function renderStatus(state, detail) {
+  const el = $("status");
+  el.dataset.state = state;
+  clearInterval(retryTicker);
+  const text = $("status-text");
+  if (state === "live") text.textContent = "Live";
+  else if (state === "connecting") text.textContent = "Connecting…";
+  else if (state === "syncing") text.textContent = "Syncing…";
+  else if (state === "reconnecting") {
+    const tick = () => {
+      const s = Math.ceil((detail.retryAt - Date.now()) / 1000);
+      text.textContent = s > 0 ? `Reconnecting in ${s} s` : "Reconnecting…";
+    };
+    tick();
+    retryTicker = setInterval(tick, 500);
+  }
+  if (state !== "live") $("online").textContent = "";
+}
+
+function renderOnline(n) {
+  $("online").textContent = `${n} online`;
+}
+
+// -- start ------------------------------------------------------------------------
+
+async function loadBoard() {
+  const { data, seq, boardId } = await api.board();
+  board.load(data);
+  confirmUpTo(seq);
+  return { seq, boardId };
+}
+
+async function fetchCanvas() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await api.canvas();
+    } catch (err) {
+      const delay = Math.min(10_000, 500 * 2 ** attempt);
+      $("loading-text").textContent = "Can't reach the server — retrying…";
+      console.warn("openplace: /api/canvas failed", err);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+function bindControls() {
+  $("zoom-in").addEventListener("click", () => view.zoomBy(1.6));
+  $("zoom-out").addEventListener("click", () => view.zoomBy(1 / 1.6));
+  $("zoom-fit").addEventListener("click", () =>
+    view.setView(board.width / 2, board.height / 2, view.fitZoom()),
+  );
+  $("inspect").addEventListener("click", () => setInspect(!inspectMode));
+  $("info-close").addEventListener("click", closeInfo);
+  $("info-share").addEventListener("click", async () => {
+    const m = view.marked;
+    if (!m) return;
+    const url = new URL(location.href);
+    url.hash = `x=${m.x}&y=${m.y}&z=${Math.max(8, Math.round(view.z))}`;
+    try {
+      await navigator.clipboard.writeText(url.href);
+      toast("Link copied");
+    } catch {
+      history.replaceState(null, "", url.hash);
+      toast("Link is in the address bar");
+    }
+  });
+  window.addEventListener("hashchange", applyHash);
+  window.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.target instanceof HTMLInputElement) return;
+    const k = e.key;
+    if (/^[0-9]$/.test(k)) selectColor((Number(k) + 9) % 10);
+    else if (k === "+" || k === "=") view.zoomBy(1.6);
+    else if (k === "-" || k === "_") view.zoomBy(1 / 1.6);
+    else if (k === "i" || k === "I") setInspect(!inspectMode);
+    else if (k === "Escape") {
+      closeInfo();
+      setInspect(false);
+    } else if (k.startsWith("Arrow")) {
+      const step = 80;
+      const d = { ArrowLeft: [step, 0], ArrowRight: [-step, 0], ArrowUp: [0, step], ArrowDown: [0, -step] }[k];
+      view.panBy(d[0], d[1]);
+    } else return;
+    e.preventDefault();
+  });
+}
+
+async function main() {
+  canvasInfo = await fetchCanvas();
+  const { width, height, palette } = canvasInfo;
+  board = new Board(width, height, palette);
+  buildPalette(palette);
+  view = new View($("board"), board, {
+    onClick: (x, y) => {
+      renderCoords({ x, y }); // touch has no hover: show the tapped pixel
+      place(x, y);
+    },
+    onInspect: (x, y) => {
+      renderCoords({ x, y });
+      inspect(x, y);
+    },
+    onHover: renderCoords,
+    onMove: viewMoved,
+  });
+  if (!applyHash()) view.setView(width / 2, height / 2, view.fitZoom(), true);
+  renderZoom();
+  bindControls();
+  updatePreview();
+
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  stream = new LiveStream({
+    url: (since, boardId) =>
+      `${scheme}//${location.host}/ws?since=${since}` +
+      (boardId ? `&board=${encodeURIComponent(boardId)}` : ""),
+    loadBoard: async () => {
+      const loaded = await loadBoard();
+      document.body.classList.remove("loading");
+      return loaded;
+    },
+    apply: (index, color) => board.set(index, color),
+    onSeq: confirmUpTo,
+    onStatus: renderStatus,
+    onOnline: renderOnline,
+  });
+  stream.start();
+
+  setInterval(renderCooldown, 250);
+  api
+    .me()
+    .then((me) => {
+      if (me.next_at) setCooldown(api.msUntil(me.next_at));
+    })
+    .catch((err) => console.warn("openplace: /api/me failed", err));
+
+  if (!localStorage.getItem(HINT_KEY)) {
+    const touch = matchMedia("(pointer: coarse)").matches;
+    setTimeout(
+      () =>
+        toast(
+          touch
+            ? "Tap to place · drag to move · pinch to zoom · long-press to inspect"
+            : "Click to place · drag to move · scroll to zoom · right-click to inspect",
+          "info",
+          6000,
+        ),
+      400,
+    );
+    try {
+      localStorage.setItem(HINT_KEY, "1");
+    } catch {
+      /* ignore */
+    }
+  }
+
+  // A tiny read-only hook for tests and the curious.
+  window.openplace = Object.freeze({
+    get lastSeq() {
+      return stream.lastSeq;
+    },
+    get connected() {
+      return stream.connected;
+    },
+    get status() {
+      return stream.state;
+    },
+    get view() {
+      return { x: view.cx, y: view.cy, z: view.z };
+    },
+    getPixel: (x, y) => (board.contains(x, y) ? board.get(x, y) : null),
+    clientOf: (x, y) => view.clientOf(x, y),
+  });
+}
+
+// Keep iOS Safari from zooming the whole page on a pinch.
+document.addEventListener("gesturestart", (e) => e.preventDefault());
+
+main();
