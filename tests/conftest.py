@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,7 @@ import uvicorn
 from openplace.app import create_app
 from openplace.auth.tokens import Identity, TokenSigner
 from openplace.config import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.services import PostgresServer, RedisServer, free_port
 
 
 class LiveServer:
@@ -123,3 +117,51 @@ def mint_token() -> str:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the session; each test takes a new database."""
+    pg = PostgresServer().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throw-away Redis server for one test."""
+    r = RedisServer().start()
+    yield r
+    r.stop()
+
+
+def cluster_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a distributed test cluster on a 100 x 80 board."""
+    return {
+        "OPENPLACE_REDIS_URL": redis_url,
+        "OPENPLACE_DATABASE_URL": database_url,
+        "OPENPLACE_SECRET": "test-secret",
+        "OPENPLACE_WIDTH": "100",
+        "OPENPLACE_HEIGHT": "80",
+        "OPENPLACE_COOLDOWN_SECONDS": "300",
+        "OPENPLACE_BOARD_REFRESH_SECONDS": "0",
+        "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A local stack: persister, 2 API and 2 realtime processes, nginx in front.
+
+    ``cluster.db_url`` is its database.
+    """
+    from openplace.cluster import Cluster
+
+    db = await postgres.new_database()
+    env = cluster_env(redis_server.url, db)
+    c = Cluster(Settings.from_env(env), api=2, realtime=2, env=env)
+    await asyncio.to_thread(c.start)
+    c.db_url = db  # type: ignore[attr-defined]
+    yield c
+    await asyncio.to_thread(c.stop)

@@ -4,56 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from websockets.asyncio.client import connect
 
-from openplace.cluster import Cluster
-from openplace.config import Settings
 from openplace.core.board import Board, Geometry
 from openplace.core.wire import decode_frame
 from tests.conftest import auth, mint_token
-from tests.services import PostgresServer, RedisServer
+from tests.services import RedisServer
 
 W, H = 100, 80
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    pg = PostgresServer().start()
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    r = RedisServer().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Any:
-    db = await postgres.new_database()
-    env = {
-        "OPENPLACE_REDIS_URL": redis_server.url,
-        "OPENPLACE_DATABASE_URL": db,
-        "OPENPLACE_SECRET": "test-secret",
-        "OPENPLACE_WIDTH": str(W),
-        "OPENPLACE_HEIGHT": str(H),
-        "OPENPLACE_COOLDOWN_SECONDS": "300",
-        "OPENPLACE_BOARD_REFRESH_SECONDS": "0",
-        "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
-    }
-    c = Cluster(Settings.from_env(env), api=2, realtime=2, env=env)
-    await asyncio.to_thread(c.start)
-    c.db_url = db  # type: ignore[attr-defined]
-    yield c
-    await asyncio.to_thread(c.stop)
 
 
 class Listener:
