@@ -199,3 +199,118 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
         stop2.set()
         await t2
         assert fresh.placements == {len(log) + 1: (0, 15)}
+
+
+async def test_resume_from_postgresql_when_the_stream_was_trimmed(
+    cluster: Any, redis_server: RedisServer
+) -> None:
+    import redis.asyncio as aioredis
+
+    from openplace.storage.distributed import keys
+    from tests.services import free_port
+
+    api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
+    async with httpx.AsyncClient(timeout=20) as c:
+        rs = await asyncio.gather(*[place(c, api1, mint_token(), i, 3, i % 16) for i in range(30)])
+        assert all(r.status_code == 200 for r in rs)
+    r = aioredis.from_url(redis_server.url)
+    await r.xtrim(keys.STREAM, maxlen=0)  # as if trimmed long ago
+    assert await r.xlen(keys.STREAM) == 0
+    await r.aclose()
+    # A realtime process started now has no history in memory or in the stream.
+    port = free_port()
+    cluster._spawn("realtime3", "realtime", "--port", str(port))
+    async with httpx.AsyncClient() as c:
+        for _ in range(200):
+            try:
+                if (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    listener = Listener(f"ws://127.0.0.1:{port}/ws")
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(10, stop))
+    await wait_for(lambda: listener.last >= 30)
+    stop.set()
+    await task
+    assert sorted(listener.placements) == list(range(11, 31))
+    by_seq = {r.json()["seq"]: i for i, r in enumerate(rs)}
+    for seq, (index, color) in listener.placements.items():
+        assert index == 3 * W + by_seq[seq] and color == by_seq[seq] % 16
+
+
+async def test_manual_restore_keeps_the_board_and_resyncs_clients(cluster: Any) -> None:
+    import os
+    import sys
+
+    api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
+    rt1 = f"ws://127.0.0.1:{cluster.realtime_ports[0]}/ws"
+    async with httpx.AsyncClient(timeout=20) as c:
+        for i in range(10):
+            assert (await place(c, api1, mint_token(), i, 4, 11)).status_code == 200
+        before = await c.get(api1 + "/api/board")
+        listener = Listener(rt1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(listener.run(10, stop, before.headers["x-board-id"]))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "openplace.cli", "restore",
+            env={**os.environ, **cluster.env}, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+        assert b"asking the running persister" in out and b"done" in out
+        await wait_for(lambda: any(m["type"] == "resync" for m in listener.controls))
+        after = await c.get(api1 + "/api/board")
+        assert after.content == before.content and after.headers["x-seq"] == "10"
+        assert after.headers["x-board-id"] != before.headers["x-board-id"]
+        r = await place(c, api1, mint_token(), 50, 50, 2)
+        assert r.json()["seq"] == 11
+        stop.set()
+        await task
+
+
+async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluster: Any) -> None:
+    api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
+    acked: dict[int, tuple[int, int]] = {}
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(timeout=20) as c:
+
+        async def writer(k: int, url: str) -> None:
+            n = 0
+            while not stop.is_set():
+                x, y = (k * 11 + n) % W, (k * 5 + n) // W % H
+                try:
+                    r = await place(c, url, mint_token(), x, y, (k + n) % 16)
+                except httpx.HTTPError:
+                    r = None
+                if r is not None and r.status_code == 200:
+                    acked[r.json()["seq"]] = (y * W + x, (k + n) % 16)
+                n += 1
+                await asyncio.sleep(0.005)
+
+        writers = [asyncio.create_task(writer(k, api1)) for k in range(3)]
+        writers.append(asyncio.create_task(writer(9, api2)))
+        await wait_for(lambda: len(acked) >= 30)
+        cluster.kill("persister")  # SIGKILL mid-batch
+        await asyncio.sleep(0.3)
+        cluster._spawn("persister2", "persister")  # a standby takes over
+        await wait_for(lambda: len(acked) >= 80, timeout=30)
+        cluster.kill("api2")  # requests in flight there are never acknowledged
+        n = len(acked)
+        await wait_for(lambda: len(acked) >= n + 30, timeout=30)
+        stop.set()
+        await asyncio.gather(*writers)
+
+    conn = await asyncpg.connect(cluster.db_url)
+    for _ in range(100):  # the last accepted (maybe unacknowledged) ones settle
+        rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
+        top = await conn.fetchval("SELECT max(seq) FROM placements")
+        if top >= max(acked):
+            break
+        await asyncio.sleep(0.05)
+    await conn.close()
+    log = {r[0]: (r[1], r[2]) for r in rows}
+    assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
+    for seq, item in acked.items():
+        assert log[seq] == item
