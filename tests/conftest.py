@@ -13,6 +13,7 @@ import uvicorn
 
 from openplace.app import create_app
 from openplace.auth.tokens import Identity, TokenSigner
+from openplace.cli import uvicorn_config
 from openplace.config import Settings
 from tests.services import PostgresServer, RedisServer, free_port
 
@@ -31,16 +32,7 @@ class LiveServer:
 
     async def start(self) -> LiveServer:
         self.app = create_app(self.settings)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            access_log=False,
-            ws_max_size=self.settings.ws_max_message_bytes,
-            ws_per_message_deflate=False,
-            lifespan="on",
-        )
+        config = uvicorn_config(self.app, self.settings.with_(port=self.port))
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:

@@ -216,13 +216,42 @@ async def test_connections_per_ip_are_limited(server_factory, settings) -> None:
         assert json.loads(await d.recv())["type"] == "hello"
 
 
-async def test_slow_client_is_told_to_resume(server: LiveServer) -> None:
-    """A subscriber over its send buffer is closed with 4008 (resume with since)."""
-    async with connect(server.ws_url) as ws:
-        await ws.recv()
-        (sub,) = server.app.state.hub.subscribers
-        sub.offer(b"x" * (server.settings.ws_send_buffer_bytes + 1))
-        with pytest.raises(websockets.ConnectionClosed) as exc:
+async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
+    server_factory, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """A client that stops reading fills its socket, then its buffer: it is dropped."""
+    import socket
+
+    srv: LiveServer = await server_factory(settings.with_(ws_send_buffer_bytes=4_000,
+                                                          cooldown_seconds=0))  # fmt: skip
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow network
+    slow = await connect(srv.ws_url + "?since=0", sock=sock, max_queue=1)
+    slow.transport.pause_reading()  # and a client that stopped reading
+    (slow_sub,) = srv.app.state.hub.subscribers
+    server_sock = slow_sub.transport.get_extra_info("socket")
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    async with (
+        httpx.AsyncClient(base_url=srv.url, timeout=30) as c,
+        connect(srv.ws_url + "?since=0") as ws,
+    ):
+        fast = StreamClient(ws)
+        token, total = mint_token(), 0
+        for round_ in range(40):
+            rs = await asyncio.gather(*[
+                c.post("/api/pixel", json={"x": i % 100, "y": round_ % 80, "color": i % 16},
+                       headers=auth(token)) for i in range(50)
+            ])  # fmt: skip
+            total = max(r.json()["seq"] for r in rs)
+            await fast.until(total)
+            if slow_sub.closed:
+                break
+        assert slow_sub.closed and slow_sub.close_reason == "too slow"
+        assert sorted(fast.placements) == list(range(1, total + 1))
+        assert slow_sub not in srv.app.state.hub.subscribers
+    slow.transport.resume_reading()
+    with pytest.raises(websockets.ConnectionClosed) as exc:
+        async with asyncio.timeout(10):
             while True:
-                await asyncio.wait_for(ws.recv(), 5)
-        assert exc.value.rcvd is not None and exc.value.rcvd.code == 4008
+                await slow.recv()
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 4008

@@ -21,19 +21,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.with_(host=host, port=settings.port if port is None else port)
 
 
-def _run_uvicorn(app: object, settings: Settings) -> None:
-    config = uvicorn.Config(
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    """How every openplace process runs uvicorn (also used by the tests)."""
+    from openplace.realtime.transport import WSProtocol
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
+        ws=WSProtocol,
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=None,  # clients ping; a server ping per client costs at 20k
         proxy_headers=True,
         server_header=False,
+        backlog=4096,
     )
-    uvicorn.Server(config).run()
+
+
+def _run_uvicorn(app: object, settings: Settings) -> None:
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 def _url(settings: Settings) -> str:

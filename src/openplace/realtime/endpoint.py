@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -12,6 +13,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from openplace.api.errors import error_response
 from openplace.core.wire import control
 from openplace.realtime.hub import CLOSE_TOO_SLOW, Hub, Subscriber
+from openplace.realtime.transport import EXTENSION, TransportSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +61,33 @@ async def _send(ws: WebSocket, message: bytes | str) -> None:
 
 
 async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) -> None:
-    sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
-    sender = asyncio.create_task(sub.run())
-    receiver = asyncio.create_task(_receive(ws, sub))
-    closed = asyncio.create_task(sub.done.wait())
+    ext = ws.scope.get("extensions", {}).get(EXTENSION)
+    sub: Any
+    tasks: list[asyncio.Task[Any]] = []
+    if ext is not None:  # the fast path: frames written straight to the transport
+        sub = TransportSubscriber(ext["transport"], hub.send_buffer)
+    else:  # any other ASGI server: a queue and a task per client
+        sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
+        tasks.append(asyncio.create_task(sub.run()))
+    tasks.append(asyncio.create_task(_receive(ws, sub)))
+    tasks.append(asyncio.create_task(sub.done.wait()))
     try:
         await hub.attach(sub, since, board)
-        _done, _ = await asyncio.wait(
-            {sender, receiver, closed}, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         hub.detach(sub)
-        for task in (sender, receiver, closed):
+        for task in tasks:
             task.cancel()
-        for task in (sender, receiver, closed):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-    if sub.close_reason == "too slow":
-        log.info("disconnecting slow websocket client")
+    if ext is None and sub.closed:
+        code = CLOSE_TOO_SLOW if sub.close_reason == "too slow" else 1001
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(CLOSE_TOO_SLOW, "too slow; resume with since"), 1)
-    elif sub.closed:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(1001, sub.close_reason), 1)
+            await asyncio.wait_for(ws.close(code, sub.close_reason), 1)
 
 
-async def _receive(ws: WebSocket, sub: Subscriber) -> None:
+async def _receive(ws: WebSocket, sub: Any) -> None:
     """Answer client messages: ``{"type": "ping"}`` gets a pong; anything else an error."""
     while True:
         try:

@@ -2,10 +2,13 @@
 
 The hub keeps a :class:`~openplace.core.history.History` of recent placements, so a
 client that reconnects with ``since=N`` is replayed what it missed from memory, and a
-set of :class:`Subscriber` s. Publishing encodes one frame per run of placements and
-hands the same bytes object to every subscriber. Each subscriber has a bounded send
-buffer: a client that reads too slowly is disconnected (it resumes with ``since``)
-rather than buffered without bound or allowed to slow the others down.
+set of subscribers. New placements are gathered for a short, load-adaptive interval,
+then one batch frame is encoded (payload and websocket framing) and the same bytes
+object goes to every subscriber. The interval grows with the number of subscribers so
+that the sends per second stay within budget: more clients, bigger batches, the same
+work. Each subscriber's buffer is bounded: a client that reads too slowly is
+disconnected (it resumes with ``since``) rather than buffered without bound or allowed
+to slow the others down.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from openplace.core.history import History, TooOld
 from openplace.core.wire import RECORD_SIZE, control, split_frames
+from openplace.realtime.transport import encode
 from openplace.storage.base import Feed
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,10 @@ class Subscriber:
         self.close_reason = ""
         self.done = asyncio.Event()  # set when closed: the connection should end
 
+    def write(self, frame: bytes, message: Message) -> None:
+        """A broadcast message (``frame`` is its websocket encoding, unused here)."""
+        self.offer(message)
+
     def offer(self, message: Message, *, bounded: bool = True) -> None:
         """Queue a message; over the limit, mark the subscriber too slow.
 
@@ -56,7 +65,7 @@ class Subscriber:
             self.close("too slow")
         self._event.set()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: int = 1001) -> None:
         self.closed = True
         self.close_reason = reason
         self._queue.clear()
@@ -86,13 +95,20 @@ class Hub:
         replay_limit: int,
         send_buffer: int,
         max_per_ip: int,
+        sends_per_second: int = 100_000,
+        max_batch_delay: float = 0.1,
     ) -> None:
         self.feed = feed
         self.replay_limit = replay_limit
         self.send_buffer = send_buffer
         self.max_per_ip = max_per_ip
         self.history = History(replay_limit)
-        self.subscribers: set[Subscriber] = set()
+        self.subscribers: set[Any] = set()  # Subscriber or TransportSubscriber
+        self.sends_per_second = sends_per_second
+        self.max_batch_delay = max_batch_delay
+        self.sent = 0  # seq of the last placement broadcast (history may hold more)
+        self._pending = bytearray()  # records after `sent`, not yet broadcast
+        self._flush: asyncio.TimerHandle | asyncio.Handle | None = None
         self._per_ip: dict[str, int] = {}
         self._unlisten: Callable[[], None] | None = None
         self.online: Callable[[], int] = lambda: len(self.subscribers)
@@ -109,6 +125,7 @@ class Hub:
         self.history.reset(first)
         if records:
             self.history.append(first + 1, records)
+        self.sent = self.history.head
         self.board_id = self.feed.board_id
         self._unlisten = self.feed.listen(self.publish, self.reset)
 
@@ -121,8 +138,12 @@ class Hub:
 
     # -- broadcast -----------------------------------------------------------------
 
+    def batch_delay(self) -> float:
+        """How long to gather placements: enough that sends/s stay within budget."""
+        return min(self.max_batch_delay, len(self.subscribers) / self.sends_per_second)
+
     def publish(self, first_seq: int, records: bytes) -> None:
-        """Broadcast placements ``first_seq ..``: one frame encoding, shared by all."""
+        """Add placements ``first_seq ..`` and schedule their broadcast."""
         head = self.history.head
         if first_seq <= head:  # already have some: keep only the new part
             skip = head + 1 - first_seq
@@ -134,9 +155,30 @@ class Hub:
             log.error("placement feed skipped %d..%d; resyncing clients", head + 1, first_seq - 1)
             self.resync(first_seq - 1)
         self.history.append(first_seq, records)
-        for frame in split_frames(first_seq, records):
-            for sub in self.subscribers:
-                sub.offer(frame)
+        self._pending += records
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            delay = self.batch_delay()
+            self._flush = (loop.call_later(delay, self.flush) if delay > 0.001
+                           else loop.call_soon(self.flush))  # fmt: skip
+
+    def flush(self) -> None:
+        """Broadcast everything published since the last flush: encoded once for all."""
+        self._flush = None
+        if not self._pending:
+            return
+        records, self._pending = bytes(self._pending), bytearray()
+        first = self.sent + 1
+        self.sent += len(records) // RECORD_SIZE
+        for payload in split_frames(first, records):
+            self._broadcast(payload)
+
+    def _broadcast(self, message: Message) -> None:
+        frame = encode(message)
+        for sub in list(self.subscribers):
+            sub.write(frame, message)
+            if sub.closed:
+                self.subscribers.discard(sub)
 
     def reset(self, board_id: str, head: int) -> None:
         """The board was replaced (e.g. restored): every client reloads it."""
@@ -145,15 +187,16 @@ class Hub:
 
     def resync(self, head: int) -> None:
         """Forget history and tell every client to reload the board."""
+        if self._flush is not None:  # what is pending was published before the reset
+            self._flush.cancel()
+            self.flush()
         self.history.reset(head)
-        message = control("resync", head=head, board=self.board_id)
-        for sub in self.subscribers:
-            sub.offer(message)
+        self.sent = head
+        self._pending = bytearray()
+        self._broadcast(control("resync", head=head, board=self.board_id))
 
     def broadcast_online(self) -> None:
-        message = control("online", count=self.online())
-        for sub in self.subscribers:
-            sub.offer(message)
+        self._broadcast(control("online", count=self.online()))
 
     # -- clients -------------------------------------------------------------------
 
@@ -172,7 +215,7 @@ class Hub:
         else:
             self._per_ip[ip] = n
 
-    async def attach(self, sub: Subscriber, since: int | None, board: str | None = None) -> None:
+    async def attach(self, sub: Any, since: int | None, board: str | None = None) -> None:
         """Queue ``hello``, then everything after ``since``, then subscribe to live frames.
 
         With ``since`` ``None`` the client only wants new placements. The client is
@@ -182,24 +225,25 @@ class Hub:
         server slightly ahead of this one: frames it already has are skipped by it).
         """
         history = self.history
-        sub.offer(control("hello", head=history.head, board=self.board_id))
-        sent = history.head if since is None else since
+        sub.offer(control("hello", head=self.sent, board=self.board_id))
+        sent = self.sent if since is None else since
         stale = board is not None and board != self.board_id
-        ahead = sent > history.head and board is None
-        if stale or ahead or history.head - sent > self.replay_limit:
-            sub.offer(control("resync", head=history.head, board=self.board_id))
-            sent = history.head
-        sent = min(sent, history.head)
+        ahead = sent > self.sent and board is None
+        if stale or ahead or self.sent - sent > self.replay_limit:
+            sub.offer(control("resync", head=self.sent, board=self.board_id))
+            sent = self.sent
+        sent = min(sent, self.sent)
         while True:
             try:
-                records = history.records(sent)  # no await from here to add(): no race
+                # Up to what was broadcast; the pending rest comes with the next flush.
+                records = history.records(sent, self.sent)  # no await until add(): no race
             except TooOld:
                 upto = history.first - 1
                 try:
                     older = await self.feed.records(sent, upto)
                 except TooOld:
-                    sub.offer(control("resync", head=history.head, board=self.board_id))
-                    sent = history.head
+                    sub.offer(control("resync", head=self.sent, board=self.board_id))
+                    sent = self.sent
                     continue
                 for frame in split_frames(sent + 1, older):
                     sub.offer(frame, bounded=False)

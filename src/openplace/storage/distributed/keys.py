@@ -27,7 +27,7 @@ local cooldown = tonumber(ARGV[4])
 local last = redis.call('GET', KEYS[5])
 if last and now < tonumber(last) + cooldown then return {0, tonumber(last)} end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('BITFIELD', KEYS[1], 'SET', 'u4', '#' .. ARGV[1], ARGV[2])
+redis.call('BITFIELD', KEYS[1], 'SET', 'u4', '#' .. tonumber(ARGV[1]), ARGV[2])
 local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. now
 redis.call('XADD', KEYS[3], seq .. '-0', 'd', entry)
 if cooldown > 0 then redis.call('SET', KEYS[5], now, 'PX', cooldown) end

@@ -1,0 +1,193 @@
+"""``python -m bench``: run every benchmark, print the table, write docs/benchmarks.md.
+
+python -m bench                 # the targets' scale, 3 runs each (about 10 minutes)
+python -m bench --smoke         # seconds; what the test suite runs
+python -m bench --only placements,fanout --modes distributed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.services import PostgresServer
+
+from bench import report, scenarios
+from bench.stack import Distributed, Embedded
+
+ALL = ("placements", "fanout", "board", "ceiling", "restore", "catchup")
+
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {
+        "runs": 3,
+        "users": 256,
+        "duration": 8,
+        "procs": 1,
+        "clients": 20_000,
+        "rate": 1000,
+        "fan_duration": 10,
+        "board_duration": 5,
+        "placements_n": 1_000_000,
+        "behind": 100_000,
+    },
+    "smoke": {
+        "runs": 1,
+        "users": 16,
+        "duration": 2,
+        "procs": 1,
+        "clients": 50,
+        "rate": 100,
+        "fan_duration": 2,
+        "board_duration": 1,
+        "placements_n": 20_000,
+        "behind": 2_000,
+    },
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
+    parser.add_argument("--runs", type=int, help="runs per figure (median is reported)")
+    parser.add_argument("--only", default=",".join(ALL), help="comma-separated: " + ",".join(ALL))
+    parser.add_argument("--modes", default="embedded,distributed")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="report ('-': none)")
+    args = parser.parse_args(argv)
+    scale = dict(SCALES["smoke" if args.smoke else "full"])
+    if args.runs:
+        scale["runs"] = args.runs
+    only = set(args.only.split(","))
+    modes = args.modes.split(",")
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "machine": report.machine(),
+        "scale": scale,
+        "figures": {},
+    }
+    figures = results["figures"]
+    postgres = PostgresServer().start() if "distributed" in modes else None
+    try:
+        for mode in modes:
+            if only & {"placements", "fanout", "catchup", "board"}:
+                figures.update(run_live(mode, only, scale, postgres, say))
+        if "ceiling" in only:
+            say("ceiling: redis-benchmark running the placement script")
+            figures["ceiling.redis"] = scenarios.median_of(
+                [scenarios.redis_ceiling() for _ in range(scale["runs"])]
+            )
+        if "restore" in only:
+            n = scale["placements_n"]
+            if "distributed" in modes:
+                assert postgres is not None
+                say(f"restore: distributed board from PostgreSQL after {n:,} placements")
+                figures["distributed.restore"] = scenarios.median_of(
+                    [scenarios.restore_distributed(postgres, n, say) for _ in range(scale["runs"])]
+                )
+            if "embedded" in modes:
+                say(f"restart: embedded store after {n:,} placements")
+                figures["embedded.restart"] = scenarios.median_of(
+                    [scenarios.restart_embedded(n, say) for _ in range(scale["runs"])]
+                )
+    finally:
+        scenarios.stop_static_nginx()
+        if postgres is not None:
+            postgres.stop()
+    results["seconds"] = time.monotonic() - started
+    rows = report.rows(results)
+    print()
+    print(report.table(rows))
+    print(f"\nreproduce: {results['command']}")
+    if args.out != "-":
+        out = Path(args.out)
+        report.write(results, rows, out)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"wrote {out} and its plots")
+    return 0
+
+
+def run_live(
+    mode: str, only: set[str], scale: dict[str, Any], postgres: PostgresServer | None, say: Any
+) -> dict[str, Any]:
+    """The benchmarks that need a running stack of ``mode``."""
+    out: dict[str, Any] = {}
+    runs = scale["runs"]
+
+    def start(**kw: Any) -> Any:
+        if mode == "embedded":
+            return Embedded(**kw).start()
+        assert postgres is not None
+        return Distributed(**kw).start(postgres)
+
+    if "placements" in only:
+        say(f"{mode}: placements through HTTP ({scale['users']} users, {runs} runs)")
+        per_run = []
+        for _ in range(runs):
+            stack = start(**({} if mode == "embedded" else {"api": 2, "realtime": 1}))
+            try:
+                per_run.append(
+                    scenarios.placements(
+                        stack,
+                        users=scale["users"],
+                        duration=scale["duration"],
+                        procs=scale["procs"],
+                    )
+                )
+            finally:
+                stack.stop()
+        out[f"{mode}.placements"] = scenarios.median_of(per_run)
+    if "fanout" in only:
+        say(f"{mode}: fan-out to {scale['clients']:,} clients at {scale['rate']}/s")
+        per_run = []
+        for _ in range(runs):
+            stack = start(**({} if mode == "embedded" else {"api": 1, "realtime": 2}))
+            try:
+                per_run.append(
+                    scenarios.fanout(
+                        stack,
+                        clients=scale["clients"],
+                        rate=scale["rate"],
+                        duration=scale["fan_duration"],
+                    )
+                )
+            finally:
+                stack.stop()
+        out[f"{mode}.fanout"] = scenarios.median_of(per_run)
+    if "catchup" in only:
+        say(f"{mode}: catch-up of {scale['behind']:,} placements")
+        stack = start(**({} if mode == "embedded" else {"api": 2, "realtime": 1}))
+        try:
+            out[f"{mode}.catchup"] = scenarios.median_of(
+                [scenarios.catch_up(stack, scale["behind"], say)]
+                + [scenarios.catch_up(stack, scale["behind"], say) for _ in range(runs - 1)]
+            )
+        finally:
+            stack.stop()
+    if "board" in only and mode == "distributed":
+        say("distributed: GET /api/board direct, through nginx, and as a static file")
+        stack = start(api=1, realtime=1)
+        try:
+            out["distributed.board"] = scenarios.median_of(
+                [scenarios.board_fetch(stack, scale["board_duration"]) for _ in range(runs)]
+            )
+        finally:
+            stack.stop()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

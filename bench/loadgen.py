@@ -1,0 +1,317 @@
+"""The load generator: simulated users placing pixels, and websocket listeners.
+
+Runs as its own process (``python -m bench.loadgen ...``) so that it does not share an
+interpreter with what it measures, and prints one JSON object of results on stdout.
+
+- ``place``: users with their own signed tokens place pixels in a closed loop (each
+  waits out its cooldown on 429). Reports acknowledged placements per second and
+  latency percentiles, and the wall-clock time each sampled seq was acknowledged.
+- ``listen``: many websocket clients. Most only count bytes (a raw asyncio protocol
+  after the handshake); a sample decode every frame, check that the sequence is
+  gapless and record when each seq arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from openplace.auth.tokens import Identity, TokenSigner
+from openplace.core.wire import decode_frame
+
+
+def percentiles(values: list[float], ps: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
+    if not values:
+        return {f"p{int(p)}": float("nan") for p in ps}
+    s = sorted(values)
+    return {f"p{int(p)}": s[min(len(s) - 1, int(len(s) * p / 100))] for p in ps}
+
+
+# -- placing -------------------------------------------------------------------------
+
+
+class HTTPConnection(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive client: one request in flight, responses parsed
+    just enough for status and JSON body. Far cheaper per request than a general client,
+    so one process can drive thousands of requests per second."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        i = head.find(b"content-length:")
+        length = int(head[i + 15 : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+        if len(self.buf) < end + 4 + length:
+            return
+        status = int(self.buf[9:12])
+        body = self.buf[end + 4 : end + 4 + length]
+        self.buf = self.buf[end + 4 + length :]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+async def place(args: argparse.Namespace) -> dict[str, Any]:
+    signer = TokenSigner(args.secret)
+    rng = random.Random(args.seed)
+    tokens = [signer.issue(Identity(f"bench-{args.seed}-{i}")) for i in range(args.users)]
+    latencies: list[float] = []
+    acks: dict[int, float] = {}
+    counts = {"ok": 0, "cooldown": 0, "error": 0}
+    parts = urlsplit(args.url)
+    loop = asyncio.get_running_loop()
+    start = time.monotonic()
+    deadline = start + args.duration
+    warmup_end = start + args.warmup
+
+    next_slot = [time.monotonic()]
+
+    async def pace() -> None:
+        """With --rate, space all users' requests evenly."""
+        if args.rate:
+            now = time.monotonic()
+            slot = max(now, next_slot[0])
+            next_slot[0] = slot + 1 / args.rate
+            if slot > now:
+                await asyncio.sleep(slot - now)
+
+    async def user(token: str) -> None:
+        _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+        head = (
+            f"POST /api/pixel HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        )
+        while time.monotonic() < deadline:
+            body = b'{"x":%d,"y":%d,"color":%d}' % (
+                rng.randrange(args.width),
+                rng.randrange(args.height),
+                rng.randrange(16),
+            )
+            data = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            await pace()
+            t0 = time.perf_counter()
+            try:
+                status, payload = await conn.request(data)
+            except ConnectionError:
+                counts["error"] += 1
+                _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+                continue
+            t1 = time.perf_counter()
+            measuring = time.monotonic() >= warmup_end
+            if status == 200:
+                if measuring:
+                    counts["ok"] += 1
+                    latencies.append(t1 - t0)
+                    if args.ack_sample and rng.random() < args.ack_sample:
+                        acks[json.loads(payload)["seq"]] = time.time()
+            elif status == 429:
+                counts["cooldown"] += measuring
+                await asyncio.sleep(float(json.loads(payload).get("retry_after", 0.1)))
+            else:
+                counts["error"] += measuring
+                await asyncio.sleep(0.05)
+        assert conn.transport is not None
+        conn.transport.close()
+
+    await asyncio.gather(*(user(t) for t in tokens))
+    measured = args.duration - args.warmup
+    return {
+        "placed_per_s": counts["ok"] / measured,
+        **counts,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies).items()},
+        "acks": acks,
+    }
+
+
+# -- listening -----------------------------------------------------------------------
+
+
+class CountingProtocol(asyncio.Protocol):
+    """A websocket client that, after the handshake, only counts bytes."""
+
+    def __init__(self, request: bytes, ready: asyncio.Future[None]) -> None:
+        self.request = request
+        self.ready = ready
+        self.handshake = b""
+        self.bytes = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ready.done():
+            self.handshake += data
+            end = self.handshake.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.handshake.startswith(b"HTTP/1.1 101"):
+                self.ready.set_exception(ConnectionError(self.handshake[:200].decode()))
+                return
+            self.bytes += len(self.handshake) - end - 4
+            self.ready.set_result(None)
+            return
+        self.bytes += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed during handshake"))
+
+
+async def open_counting(url: str, since: str) -> tuple[asyncio.Transport, CountingProtocol]:
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    path = (parts.path or "/ws") + since
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    transport, protocol = await loop.create_connection(
+        lambda: CountingProtocol(request, ready), parts.hostname, parts.port
+    )
+    await asyncio.wait_for(ready, 30)
+    return transport, protocol  # type: ignore[return-value]
+
+
+async def sampled_listener(
+    url: str,
+    since: int | None,
+    stop: asyncio.Event,
+    arrivals: dict[int, float],
+    stats: dict[str, Any],
+) -> None:
+    from websockets.asyncio.client import connect
+
+    query = f"?since={since}" if since is not None else ""
+    async with connect(url + query, max_size=None, compression=None) as ws:
+        last = since
+        while not stop.is_set():
+            try:
+                msg = await asyncio.wait_for(ws.recv(), 0.25)
+            except TimeoutError:
+                continue
+            now = time.time()
+            if isinstance(msg, str):
+                control = json.loads(msg)
+                if control["type"] == "hello" and last is None:
+                    last = control["head"]
+                elif control["type"] == "resync":
+                    stats["resyncs"] += 1
+                    last = control["head"]
+                continue
+            first, items = decode_frame(msg)
+            if last is not None and first > last + 1:
+                stats["gaps"] += 1
+            for k in range(len(items)):
+                arrivals.setdefault(first + k, now)
+            stats["frames"] += 1
+            last = first + len(items) - 1
+        stats["last"] = last
+
+
+async def listen(args: argparse.Namespace) -> dict[str, Any]:
+    since = "" if args.since is None else f"?since={args.since}"
+    counters: list[tuple[asyncio.Transport, CountingProtocol]] = []
+    failed = 0
+    # Connect in waves so the server's accept queue is not flooded.
+    for start in range(0, args.clients - args.sample, 200):
+        n = min(200, args.clients - args.sample - start)
+        results = await asyncio.gather(
+            *(open_counting(args.url, since) for _ in range(n)), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                failed += 1
+            else:
+                counters.append(r)
+    stop = asyncio.Event()
+    arrivals: dict[int, float] = {}
+    stats = {"gaps": 0, "resyncs": 0, "frames": 0, "last": None}
+    samples = [
+        asyncio.create_task(sampled_listener(args.url, args.since, stop, arrivals, stats))
+        for _ in range(args.sample)
+    ]
+    print(json.dumps({"ready": len(counters) + args.sample, "failed": failed}), flush=True)
+    await asyncio.sleep(args.duration)
+    stop.set()
+    await asyncio.gather(*samples, return_exceptions=True)
+    per_client = [p.bytes for _, p in counters]
+    dropped = sum(p.closed for _, p in counters)
+    for t, _ in counters:
+        t.close()
+    return {
+        "connected": len(counters) + args.sample,
+        "failed": failed,
+        "dropped": dropped,
+        "bytes": per_client,
+        "arrivals": arrivals,
+        **stats,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("place")
+    p.add_argument("--url", required=True)
+    p.add_argument("--secret", required=True)
+    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--width", type=int, default=1000)
+    p.add_argument("--height", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ack-sample", type=float, default=0.0)
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="total placements/s (0: as fast as possible)"
+    )
+    p = sub.add_parser("listen")
+    p.add_argument("--url", required=True, help="ws://host:port/ws")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--sample", type=int, default=5)
+    p.add_argument("--since", type=int, default=None)
+    p.add_argument("--duration", type=float, default=10)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(place(args) if args.command == "place" else listen(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""The benchmark table, the plots and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Row:
+    figure: str
+    mode: str
+    value: float
+    unit: str
+    target: float | None  # None: no target, a ceiling or context figure
+    higher_is_better: bool = True
+    ceiling: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or self.value != self.value:  # NaN
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    @property
+    def verdict(self) -> str:
+        return {None: "", True: "met", False: "MISSED"}[self.met]
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    f = results["figures"]
+    ceiling = f.get("ceiling.redis", {}).get("rps")
+    out: list[Row] = []
+    for mode in ("embedded", "distributed"):
+        p = f.get(f"{mode}.placements")
+        if p:
+            target = 10_000 if mode == "distributed" else None
+            out += [
+                Row(
+                    "placements/s through HTTP",
+                    mode,
+                    p["placed_per_s"],
+                    "/s",
+                    target,
+                    ceiling=ceiling,
+                ),
+                Row("placement latency p50", mode, p["p50_ms"], "ms", None, False),
+                Row(
+                    "placement latency p99",
+                    mode,
+                    p["p99_ms"],
+                    "ms",
+                    50 if mode == "distributed" else None,
+                    False,
+                ),
+            ]
+        fo = f.get(f"{mode}.fanout")
+        if fo:
+            dist = mode == "distributed"
+            out += [
+                Row("websocket clients held", mode, fo["clients"], "", 20_000 if dist else None),
+                Row(
+                    "placements/s delivered to every client",
+                    mode,
+                    fo["delivered_per_client_per_s"],
+                    "/s",
+                    1000 if dist else None,
+                ),
+                Row("ack→arrival p50", mode, fo["p50_ms"], "ms", None, False),
+                Row("ack→arrival p99", mode, fo["p99_ms"], "ms", 250 if dist else None, False),
+                Row(
+                    "RSS per idle connection",
+                    mode,
+                    fo["kib_per_conn"],
+                    "KiB",
+                    16 if dist else None,
+                    False,
+                ),
+                Row(
+                    "clients dropped, short or with gaps",
+                    mode,
+                    fo["dropped"] + fo["short"] + fo["gaps"],
+                    "",
+                    0,
+                    False,
+                ),
+            ]
+        c = f.get(f"{mode}.catchup")
+        if c:
+            out.append(
+                Row(
+                    f"catch-up of {c['behind']:,} placements",
+                    mode,
+                    c["catch_up_s"],
+                    "s",
+                    0.5 if c["behind"] >= 100_000 else None,
+                    False,
+                )
+            )
+    b = f.get("distributed.board")
+    if b:
+        static = b["static"]["rps"]
+        out += [
+            Row(
+                "GET /api/board direct",
+                "distributed",
+                b["direct"]["rps"],
+                "/s",
+                None,
+                ceiling=static,
+            ),
+            Row(
+                "GET /api/board through nginx",
+                "distributed",
+                b["nginx"]["rps"],
+                "/s",
+                0.8 * static,
+                ceiling=static,
+            ),
+            Row("nginx static file, same bytes (ceiling)", "distributed", static, "/s", None),
+        ]
+    if ceiling:
+        out.append(
+            Row("placement script straight on Redis (ceiling)", "redis", ceiling, "/s", None)
+        )
+    r = f.get("distributed.restore")
+    if r:
+        big = results["scale"]["placements_n"] >= 1_000_000
+        out += [
+            Row(
+                "restore Redis from persister memory",
+                "distributed",
+                r["restore_s"],
+                "s",
+                1.0 if big else None,
+                False,
+            ),
+            Row(
+                "cold restore: load PostgreSQL + restore",
+                "distributed",
+                r["cold_total_s"],
+                "s",
+                None,
+                False,
+            ),
+        ]
+    e = f.get("embedded.restart")
+    if e:
+        out.append(Row("restart until serving", "embedded", e["restart_s"], "s", None, False))
+    return out
+
+
+def fmt(v: float, unit: str) -> str:
+    if v != v:
+        return "n/a"
+    if unit in ("/s", "") and abs(v) >= 100:
+        return f"{v:,.0f}{unit}"
+    if unit == "s":
+        return f"{v:.3f} s"
+    return f"{v:.1f} {unit}".strip()
+
+
+def target_text(r: Row) -> str:
+    if r.target is None:
+        return ""
+    return ("≥ " if r.higher_is_better else "≤ ") + fmt(r.target, r.unit)
+
+
+def table(rs: list[Row]) -> str:
+    head = f"{'figure':46} {'mode':12} {'value':>14} {'target':>14} {'of ceiling':>10}  verdict"
+    lines = [head, "-" * len(head)]
+    for r in rs:
+        tgt = target_text(r)
+        share = f"{r.value / r.ceiling:.0%}" if r.ceiling else ""
+        lines.append(
+            f"{r.figure:46} {r.mode:12} {fmt(r.value, r.unit):>14} {tgt:>14} "
+            f"{share:>10}  {r.verdict}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rs: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targeted = [r for r in rs if r.target]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(targeted) + 1.2))
+    ratios = []
+    for r in targeted:
+        ratio = r.value / r.target if r.higher_is_better else r.target / max(r.value, 1e-9)
+        ratios.append(min(ratio, 3.0))
+    labels = [f"{r.figure} ({r.mode})" for r in targeted]
+    colors = ["#02BE01" if r.met else "#E50000" for r in targeted]
+    ax.barh(labels, ratios, color=colors)
+    ax.axvline(1.0, color="#222222", linewidth=1)
+    ax.set_xlabel("share of target (1.0 = target; capped at 3)")
+    ax.invert_yaxis()
+    ax.set_title("openplace benchmarks against their targets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_board(results: dict[str, Any], path: Path) -> bool:
+    b = results["figures"].get("distributed.board")
+    if not b:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["direct (API)", "through nginx cache", "nginx static file"]
+    values = [b["direct"]["rps"], b["nginx"]["rps"], b["static"]["rps"]]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(names, values, color=["#888888", "#0083C7", "#222222"])
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"GET /api/board ({b['bytes']:,} bytes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], rs: list[Row], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    targets_png = out.with_name("benchmarks-targets.png")
+    board_png = out.with_name("benchmarks-board.png")
+    plot(rs, targets_png)
+    has_board = plot_board(results, board_png)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    md = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by `python -m bench`; the analysis is in benchmarks-notes.md -->",
+        "",
+        f"- command: `{results['command']}`",
+        f"- machine: {results['machine']}",
+        f"- commit: `{commit}`; took {results['seconds']:.0f} s; "
+        f"each figure is the median of {results['scale']['runs']} run(s)",
+        "",
+        "| figure | mode | value | target | share of ceiling | verdict |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rs:
+        tgt = target_text(r)
+        share = f"{r.value / r.ceiling:.0%}" if r.ceiling else ""
+        md.append(
+            f"| {r.figure} | {r.mode} | {fmt(r.value, r.unit)} | {tgt} | {share} | {r.verdict} |"
+        )
+    md += ["", f"![targets]({targets_png.name})", ""]
+    if has_board:
+        md += [f"![board fetch]({board_png.name})", ""]
+    md += [
+        "What limits each figure, and what would reach the missed targets: see "
+        "[benchmarks-notes.md](benchmarks-notes.md).",
+        "",
+    ]
+    out.write_text("\n".join(md))

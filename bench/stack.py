@@ -1,0 +1,157 @@
+"""What the benchmarks measure, started and stopped: an embedded server or a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from tests.services import PostgresServer, RedisServer, free_port
+
+SECRET = "bench-secret"
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up")
+        time.sleep(0.05)
+
+
+def base_env(**extra: object) -> dict[str, str]:
+    env = {
+        "OPENPLACE_SECRET": SECRET,
+        "OPENPLACE_COOLDOWN_SECONDS": "0",
+        "OPENPLACE_WS_MAX_CONNECTIONS_PER_IP": "100000",
+        "OPENPLACE_LOG_LEVEL": "WARNING",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class Embedded:
+    """``openplace serve`` in a subprocess, on a fresh (or given) data dir."""
+
+    data_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{self.port}/ws"]
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [self.url]
+
+    def start(self) -> Embedded:
+        self.data_dir = self.data_dir or Path(tempfile.mkdtemp(prefix="op-bench-"))
+        self.port = free_port()
+        env = {**os.environ, **base_env(), **self.env, "OPENPLACE_DATA_DIR": str(self.data_dir)}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openplace.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.data_dir / "server.log", "ab"),  # noqa: SIM115  # noqa: SIM115
+        )
+        wait_http(self.url + "/healthz", timeout=120)
+        return self
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def realtime_pids(self) -> list[int]:
+        return self.pids()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+@dataclass
+class Distributed:
+    """Throw-away Redis and PostgreSQL, then a cluster (persister, API, realtime, nginx)."""
+
+    api: int = 1
+    realtime: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, postgres: PostgresServer, database_url: str | None = None) -> Distributed:
+        import asyncio
+
+        from openplace.cluster import Cluster
+        from openplace.config import Settings
+
+        self.redis = RedisServer().start()
+        self.database_url = database_url or asyncio.run(postgres.new_database())
+        env = base_env(
+            OPENPLACE_REDIS_URL=self.redis.url,
+            OPENPLACE_DATABASE_URL=self.database_url,
+            **self.env,
+        )
+        self.cluster = Cluster(
+            Settings.from_env(env), api=self.api, realtime=self.realtime, env=env
+        )
+        self.cluster.start(timeout=120)
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.cluster.api_ports]
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{p}/ws" for p in self.cluster.realtime_ports]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.cluster.procs.values()]
+
+    def realtime_pids(self) -> list[int]:
+        return [p.pid for n, p in self.cluster.procs.items() if n.startswith("realtime")]
+
+    def stop(self) -> None:
+        self.cluster.stop()
+        self.redis.stop()
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += psutil.Process(pid).memory_info().rss
+    return total
