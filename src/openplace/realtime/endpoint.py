@@ -62,15 +62,19 @@ async def _send(ws: WebSocket, message: bytes | str) -> None:
 
 async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) -> None:
     ext = ws.scope.get("extensions", {}).get(EXTENSION)
-    sub: Any
-    tasks: list[asyncio.Task[Any]] = []
-    if ext is not None:  # the fast path: frames written straight to the transport
-        sub = TransportSubscriber(ext["transport"], hub.send_buffer)
-    else:  # any other ASGI server: a queue and a task per client
-        sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
-        tasks.append(asyncio.create_task(sub.run()))
-    tasks.append(asyncio.create_task(_receive(ws, sub)))
-    tasks.append(asyncio.create_task(sub.done.wait()))
+    if ext is not None:
+        # The fast path: the hub writes frames straight to the transport, and closing a
+        # slow client closes the transport, which ends _receive. One task per client.
+        fast = TransportSubscriber(ext["transport"], hub.send_buffer)
+        try:
+            await hub.attach(fast, since, board)
+            await _receive(ws, fast)
+        finally:
+            hub.detach(fast)
+        return
+    # Any other ASGI server: a queue and a sending task per client.
+    sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
+    tasks = [asyncio.create_task(t) for t in (sub.run(), _receive(ws, sub), sub.done.wait())]
     try:
         await hub.attach(sub, since, board)
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -81,7 +85,7 @@ async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) 
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-    if ext is None and sub.closed:
+    if sub.closed:
         code = CLOSE_TOO_SLOW if sub.close_reason == "too slow" else 1001
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(code, sub.close_reason), 1)
@@ -92,7 +96,7 @@ async def _receive(ws: WebSocket, sub: Any) -> None:
     while True:
         try:
             message = await ws.receive()
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed under us
             return
         if message["type"] == "websocket.disconnect":
             return

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
 from openplace.core.history import History, TooOld
 from openplace.core.wire import RECORD_SIZE, control, split_frames
@@ -30,6 +30,21 @@ Message = bytes | str
 Send = Callable[[Message], Awaitable[None]]
 
 CLOSE_TOO_SLOW = 4008  # client fell too far behind; reconnect with since=<last seq>
+
+
+class Sink(Protocol):
+    """What the hub needs of a client: :class:`Subscriber` or a transport subscriber."""
+
+    closed: bool
+    close_reason: str
+
+    def offer(self, message: Message, *, bounded: bool = True) -> None:
+        """Send ``message`` to this client alone."""
+
+    def write(self, frame: bytes, message: Message) -> None:
+        """Send a broadcast: ``frame`` is ``message`` already websocket-encoded."""
+
+    def close(self, reason: str, code: int = 1001) -> None: ...
 
 
 class Subscriber:
@@ -103,7 +118,7 @@ class Hub:
         self.send_buffer = send_buffer
         self.max_per_ip = max_per_ip
         self.history = History(replay_limit)
-        self.subscribers: set[Any] = set()  # Subscriber or TransportSubscriber
+        self.subscribers: set[Sink] = set()
         self.sends_per_second = sends_per_second
         self.max_batch_delay = max_batch_delay
         self.sent = 0  # seq of the last placement broadcast (history may hold more)
@@ -215,7 +230,7 @@ class Hub:
         else:
             self._per_ip[ip] = n
 
-    async def attach(self, sub: Any, since: int | None, board: str | None = None) -> None:
+    async def attach(self, sub: Sink, since: int | None, board: str | None = None) -> None:
         """Queue ``hello``, then everything after ``since``, then subscribe to live frames.
 
         With ``since`` ``None`` the client only wants new placements. The client is
@@ -255,7 +270,7 @@ class Hub:
             sub.offer(control("online", count=self.online()))
             return
 
-    def detach(self, sub: Subscriber) -> None:
+    def detach(self, sub: Sink) -> None:
         self.subscribers.discard(sub)
 
 

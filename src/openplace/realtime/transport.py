@@ -50,7 +50,7 @@ class TransportSubscriber:
     replay put there), the client is sent close code 4008 and dropped.
     """
 
-    __slots__ = ("allowance", "close_reason", "closed", "done", "limit", "transport")
+    __slots__ = ("allowance", "close_reason", "closed", "limit", "transport")
 
     def __init__(self, transport: asyncio.Transport, limit: int) -> None:
         self.transport = transport
@@ -58,13 +58,12 @@ class TransportSubscriber:
         self.allowance = limit
         self.closed = False
         self.close_reason = ""
-        self.done = asyncio.Event()
 
     def offer(self, message: bytes | str, *, bounded: bool = True) -> None:
         """Send a message to this client alone (it is encoded here)."""
         self.write(encode(message), message, bounded=bounded)
 
-    def write(self, frame: bytes, message: object = None, *, bounded: bool = True) -> None:
+    def write(self, frame: bytes, message: bytes | str = b"", *, bounded: bool = True) -> None:
         """Write one pre-encoded frame (see :func:`encode`); ``message`` is unused."""
         if self.closed:
             return
@@ -92,4 +91,3 @@ class TransportSubscriber:
             transport.close()
             # A client that never reads would keep the buffer (and the socket) forever.
             asyncio.get_running_loop().call_later(5.0, transport.abort)
-        self.done.set()
