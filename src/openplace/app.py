@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -30,6 +31,7 @@ from openplace.api.errors import (
     handle_unexpected,
 )
 from openplace.api.json import JSONResponse
+from openplace.api.placing import PlaceFastPath
 from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.tokens import TokenSigner
@@ -115,6 +117,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(PlaceFastPath)] if "api" in roles else [],
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,

@@ -15,23 +15,33 @@ ONLINE = PREFIX + "online"  # hash: realtime process id -> "count expires_ms"
 RESTORE_REQUEST = PREFIX + "restore-request"
 COOLDOWN = PREFIX + "cd:"  # + user id -> ts_ms of last placement, expires with the cooldown
 
-# KEYS: board, seq, stream, epoch, cooldown-key
-# ARGV: index, color, user, cooldown_ms
-# Returns {1, seq, now_ms, epoch} or {0, last_ms} (cooling down) or {-1} (not restored yet).
+# Many placements in one atomic step (API processes batch concurrent requests).
+# KEYS: board, seq, stream, epoch, then each placement's cooldown key
+# ARGV: cooldown_ms, then index, color, user for each placement
+# Returns {-1} if the board is not restored yet, else {epoch, now_ms, r1, r2, ...}
+# where r > 0 is the placement's seq and r <= 0 means cooling down since -r (ms).
 PLACE_LUA = """
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then return {-1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cooldown = tonumber(ARGV[4])
-local last = redis.call('GET', KEYS[5])
-if last and now < tonumber(last) + cooldown then return {0, tonumber(last)} end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('BITFIELD', KEYS[1], 'SET', 'u4', '#' .. tonumber(ARGV[1]), ARGV[2])
-local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. now
-redis.call('XADD', KEYS[3], seq .. '-0', 'd', entry)
-if cooldown > 0 then redis.call('SET', KEYS[5], now, 'PX', cooldown) end
-return {1, seq, now, epoch}
+local cooldown = tonumber(ARGV[1])
+local out = {epoch, now}
+for i = 5, #KEYS do
+  local a = (i - 5) * 3 + 2
+  local last = redis.call('GET', KEYS[i])
+  if last and now < tonumber(last) + cooldown then
+    out[#out + 1] = -tonumber(last)
+  else
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('BITFIELD', KEYS[1], 'SET', 'u4', '#' .. tonumber(ARGV[a]), ARGV[a + 1])
+    local entry = ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' .. ARGV[a + 2] .. ' ' .. now
+    redis.call('XADD', KEYS[3], seq .. '-0', 'd', entry)
+    if cooldown > 0 then redis.call('SET', KEYS[i], now, 'PX', cooldown) end
+    out[#out + 1] = seq
+  end
+end
+return out
 """
 
 # A consistent view of the board: bytes, head seq and epoch in one step.

@@ -1,9 +1,10 @@
 """The API processes' store: Redis for the atomic step, PostgreSQL for durability.
 
-``place`` runs one Lua script (cooldown check and set, seq, pixel write, stream entry),
-then waits until the persister announces that the seq is committed to PostgreSQL.
+``place`` joins the placements requested in the same event-loop turn into one Lua
+script call (per placement: cooldown check and set, seq, pixel write, stream entry),
+then waits until the persister announces that its seq is committed to PostgreSQL.
 Many requests wait on one feed subscription, so durability costs no round trip of
-its own per placement.
+its own per placement, and Redis sees one call per batch, not per request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, as
     return redis, pool
 
 
+# index, color, user, and the future for (seq, now_ms, board_id)
+_Request = tuple[int, int, str, "asyncio.Future[tuple[int, int, str]]"]
+
+
 class DistributedStore:
     """:class:`~openplace.storage.base.Store` on Redis + PostgreSQL."""
 
@@ -63,6 +68,9 @@ class DistributedStore:
         self.cooldown = cooldown
         self.ack_timeout = ack_timeout
         self._waiting: list[tuple[int, str, asyncio.Future[None]]] = []  # heap by seq
+        self._batch: list[_Request] = []  # placements for the next script call
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_batch = 1000
         self._redis: aioredis.Redis | None = None
         self._pg: asyncpg.Pool | None = None
         self.feed: RedisFeed | None = None
@@ -88,18 +96,11 @@ class DistributedStore:
     async def place(self, user_id: str, index: int, color: int) -> Placement:
         feed = self.feed
         assert feed is not None
-        try:
-            result = await self._place(
-                keys=[keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH, keys.COOLDOWN + user_id],
-                args=[index, color, user_id, int(self.cooldown * 1000)],
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        if result[0] == -1:
-            raise StoreUnavailable("the board is being restored")
-        if result[0] == 0:
-            raise CooldownActive(int(result[1]) / 1000 + self.cooldown, time.time())
-        seq, now_ms, board_id = int(result[1]), int(result[2]), result[3].decode()
+        accepted: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
+        self._batch.append((index, color, user_id, accepted))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        seq, now_ms, board_id = await accepted
         placement = Placement(seq, index, color, user_id, now_ms / 1000)
         if board_id == feed.board_id and seq <= feed.last:
             return placement  # already committed
@@ -110,6 +111,43 @@ class DistributedStore:
         except TimeoutError as exc:
             raise StoreUnavailable("not committed in time; it may still appear") from exc
         return placement
+
+    def _send_batch(self) -> None:
+        """One script call for every placement requested since the last one."""
+        batch, self._batch = self._batch[: self.max_batch], self._batch[self.max_batch :]
+        if self._batch:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        task = asyncio.create_task(self._run_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        keys_ = [keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH]
+        args: list[object] = [int(self.cooldown * 1000)]
+        for index, color, user, _ in batch:
+            keys_.append(keys.COOLDOWN + user)
+            args += (index, color, user)
+        try:
+            result = await self._place(keys=keys_, args=args)
+        except (RedisError, OSError) as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(f"redis: {exc}"))
+            return
+        if result[0] == -1:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable("the board is being restored"))
+            return
+        board_id, now_ms = result[0].decode(), int(result[1])
+        now = time.time()
+        for (*_, future), r in zip(batch, result[2:], strict=True):
+            if future.done():
+                continue
+            if r > 0:
+                future.set_result((int(r), now_ms, board_id))
+            else:
+                future.set_exception(CooldownActive(-int(r) / 1000 + self.cooldown, now))
 
     def _committed(self, first: int, records: bytes) -> None:
         upto = first + len(records) // RECORD_SIZE - 1

@@ -1,0 +1,152 @@
+"""Placing a pixel over HTTP: the hot path, kept lean.
+
+:func:`place` is the whole request, from the ``Authorization`` header and the body to
+the answer. :class:`PlaceFastPath` serves ``POST /api/pixel`` with it as plain ASGI, in
+front of the router and middleware, because this is the one request that comes at
+thousands per second; the Starlette route calls the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from openplace.api.errors import APIError
+from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
+from openplace.core.board import InvalidPixel, check_color
+from openplace.core.placement import CooldownActive, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-26T06:32:04.123Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def identify(signer: TokenSigner, authorization: str) -> Identity:
+    """The user behind an ``Authorization: Bearer <token>`` header, or a 401."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise APIError(
+            401,
+            "unauthorized",
+            "send 'Authorization: Bearer <token>' (get a token from POST /api/session)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        return signer.verify(token.strip())
+    except InvalidToken as exc:
+        raise APIError(
+            401,
+            "unauthorized",
+            "invalid token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from exc
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, "body_too_large", f"request body over {limit} bytes")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, "bad_json", "request body is not valid JSON") from exc
+
+
+def _int_field(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if type(value) is not int:  # bools and floats are not coordinates
+        raise APIError(400, "bad_request", f"'{name}' must be an integer")
+    return value
+
+
+async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
+    """Validate a placement request, store it, and return the 200 answer's body."""
+    identity = identify(state.signer, authorization)
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise APIError(400, "bad_request", 'expected an object {"x", "y", "color"}')
+    x, y, color = _int_field(data, "x"), _int_field(data, "y"), _int_field(data, "color")
+    store = state.store
+    try:
+        index = store.geometry.index(x, y)
+        check_color(color)
+    except InvalidPixel as exc:
+        code = "bad_color" if exc.field == "color" else "bad_coordinates"
+        raise APIError(400, code, str(exc)) from exc
+    try:
+        placement = await store.place(identity.user_id, index, color)
+    except CooldownActive as exc:
+        retry = exc.retry_after
+        raise APIError(
+            429,
+            "cooldown",
+            f"you can place again in {math.ceil(retry)} s",
+            headers={"Retry-After": str(max(1, math.ceil(retry)))},
+            retry_after=round(retry, 3),
+            next_at=iso(exc.next_at),
+        ) from exc
+    except StoreUnavailable as exc:
+        raise APIError(
+            503,
+            "unavailable",
+            "the placement could not be stored; try again",
+            headers={"Retry-After": "1"},
+        ) from exc
+    cooldown = state.settings.cooldown_seconds
+    return {"seq": placement.seq, "next_at": iso(placement.ts + cooldown)}
+
+
+class PlaceFastPath:
+    """ASGI middleware: ``POST /api/pixel`` straight to :func:`place`, ahead of routing;
+    everything else to ``app``. Collaborators come from ``scope["app"].state``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/api/pixel" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        try:
+            authorization = ""
+            limit: int = state.settings.max_body_bytes
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                    raise too_large(limit)
+            body = b""
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    raise too_large(limit)
+            status, payload = 200, await place(state, authorization, body)
+        except APIError as exc:
+            status = exc.status
+            payload = {"error": exc.code, "message": exc.message, **exc.extra}
+            headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        except Exception:
+            log.exception("placing failed")
+            status, payload = 500, {"error": "internal", "message": "internal server error"}
+        content = orjson.dumps(payload)
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
