@@ -90,11 +90,14 @@ class PostgresServer:
         data = self.dir / "data"
         self._run(_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                   "--no-sync", "-E", "UTF8")  # fmt: skip
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
                 "-c max_connections=200 -c shared_buffers=64MB")  # fmt: skip
-        self._run(_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-o", opts, "-l",
                   str(self.dir / "log"), "-w", "start")  # fmt: skip
-        return self
 
     async def new_database(self) -> str:
         """A fresh, empty database; returns its URL."""
@@ -108,6 +111,13 @@ class PostgresServer:
         finally:
             await conn.close()
         return self.url(name)
+
+    def kill(self) -> None:
+        """Stop at once (like a crash); :meth:`start_again` brings it back."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+
+    def start_again(self) -> None:
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         try:

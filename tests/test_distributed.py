@@ -314,3 +314,43 @@ async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluste
     assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
     for seq, item in acked.items():
         assert log[seq] == item
+
+
+async def test_postgresql_outage_confirms_late_and_loses_nothing(redis_server: RedisServer) -> None:
+    """With PostgreSQL down, placements are answered 503 "unconfirmed" (never 200); when
+    it is back, the persister reconnects and commits them, and the log stays gapless."""
+    from openplace.cluster import Cluster
+    from openplace.config import Settings
+    from tests.conftest import cluster_env
+    from tests.services import PostgresServer
+
+    pg = PostgresServer().start()
+    db = await pg.new_database()
+    env = cluster_env(redis_server.url, db, OPENPLACE_ACK_TIMEOUT_SECONDS="1")
+    c = Cluster(Settings.from_env(env), api=1, realtime=1, env=env)
+    await asyncio.to_thread(c.start)
+    api = f"http://127.0.0.1:{c.api_ports[0]}"
+    try:
+        async with httpx.AsyncClient(timeout=20) as client:
+            for i in range(5):
+                assert (await place(client, api, mint_token(), i, 0, 3)).status_code == 200
+            await asyncio.to_thread(pg.kill)
+            during = [await place(client, api, mint_token(), i, 1, 4) for i in range(3)]
+            assert [r.status_code for r in during] == [503] * 3
+            assert {r.json()["error"] for r in during} == {"unconfirmed"}
+            await asyncio.to_thread(pg.start_again)
+            # The persister comes back by itself; placing works again.
+            for _ in range(200):
+                r = await place(client, api, mint_token(), 50, 50, 9)
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 200 and r.json()["seq"] == 9
+            conn = await asyncpg.connect(db)
+            rows = await conn.fetch("SELECT seq, idx FROM placements ORDER BY seq")
+            await conn.close()
+            assert [r[0] for r in rows] == list(range(1, 10))
+            assert {r[1] for r in rows[5:8]} == {W + 0, W + 1, W + 2}  # the unconfirmed ones
+    finally:
+        await asyncio.to_thread(c.stop)
+        pg.stop()

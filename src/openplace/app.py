@@ -59,12 +59,17 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
 
         if "api" in roles:
             store = DistributedStore(
-                settings.redis_url or "", settings.database_url or "", geometry,
+                settings.redis_url or "",
+                settings.database_url or "",
+                geometry,
                 settings.cooldown_seconds,
-            )  # fmt: skip
+                ack_timeout=settings.ack_timeout_seconds,
+            )
             resources.append(store)
         if "realtime" in roles:
-            feed: Any = _DistributedFeed(settings)
+            from openplace.storage.distributed.feed import RedisFeed
+
+            feed: Any = RedisFeed.from_urls(settings.redis_url or "", settings.database_url or "")
             resources.append(feed)
     else:
         store = EmbeddedStore(
@@ -138,37 +143,3 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
 async def _realtime_health(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     return JSONResponse({"status": "ok", "seq": hub.history.head, "clients": len(hub.subscribers)})
-
-
-class _DistributedFeed:
-    """A realtime process's own Redis and PostgreSQL connections around a RedisFeed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.board_id = ""
-        self._feed: Any = None
-
-    async def open(self) -> None:
-        from openplace.storage.distributed.feed import RedisFeed
-        from openplace.storage.distributed.store import connect
-
-        self.redis, self._pg = await connect(
-            self.settings.redis_url or "", self.settings.database_url or ""
-        )
-        self._feed = RedisFeed(self.redis, self._pg)
-        await self._feed.open()
-        self.board_id = self._feed.board_id
-
-    async def close(self) -> None:
-        await self._feed.close()
-        await self.redis.aclose()
-        await self._pg.close()
-
-    async def head(self) -> int:
-        return await self._feed.head()  # type: ignore[no-any-return]
-
-    async def records(self, after: int, upto: int) -> bytes:
-        return await self._feed.records(after, upto)  # type: ignore[no-any-return]
-
-    def listen(self, listener: Any, on_reset: Any) -> Any:
-        return self._feed.listen(listener, on_reset)

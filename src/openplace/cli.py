@@ -135,8 +135,8 @@ def restore(args: argparse.Namespace) -> int:
     async def main() -> int:
         if await p.connect(wait_for_lock=False):  # type: ignore[attr-defined]
             try:
-                say("no persister running; restoring here")
-                await p._load(say)  # type: ignore[attr-defined]
+                seq = p.committed  # type: ignore[attr-defined]
+                say(f"no persister running; restoring here (committed seq {seq})")
                 took = await p.restore(say)  # type: ignore[attr-defined]
                 say(f"done in {took:.3f} s")
             finally:
@@ -162,6 +162,8 @@ def restore(args: argparse.Namespace) -> int:
 
 def cluster(args: argparse.Namespace) -> int:
     """A local stack: persister, N API, M realtime processes and nginx in front."""
+    import secrets
+    import signal
     import time
 
     from openplace.cluster import Cluster
@@ -169,7 +171,15 @@ def cluster(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.distributed:
         raise ValueError("needs OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL")
-    with Cluster(settings, api=args.api, realtime=args.realtime, port=args.port or 0) as c:
+    # Every API process must sign and check tokens with the same secret.
+    env = {} if settings.secret else {"OPENPLACE_SECRET": secrets.token_urlsafe(32)}
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    cluster = Cluster(settings, api=args.api, realtime=args.realtime, port=args.port, env=env)
+    with cluster as c:
         print(f"openplace: {args.api} API + {args.realtime} realtime processes, logs in "
               f"{c.run_dir}")  # fmt: skip
         for i, port in enumerate(c.api_ports, 1):

@@ -110,7 +110,7 @@ class Cluster:
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self.stop(keep_logs=True)
                     raise RuntimeError(f"cluster did not come up: {url}; logs in {self.run_dir}")
                 time.sleep(0.1)
         return self
@@ -120,10 +120,11 @@ class Cluster:
             if proc.poll() is not None:
                 logs = self.run_dir / f"{name}.log"  # type: ignore[operator]
                 tail = logs.read_text()[-2000:] if logs.exists() else ""
-                self.stop()
+                self.stop(keep_logs=True)
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
 
-    def stop(self) -> None:
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop every process; remove the run directory unless ``keep_logs``."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -132,7 +133,10 @@ class Cluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         self.procs.clear()
+        if self.run_dir is not None and not keep_logs:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def kill(self, name: str) -> None:
         """Kill one process at once (fault tests)."""

@@ -44,6 +44,8 @@ class Settings:
     # HTTP limits.
     max_body_bytes: int = 1024
     sessions_per_ip_per_minute: int = 30
+    # Distributed mode: how long a placement may wait to be confirmed durable.
+    ack_timeout_seconds: float = 10.0
     # Distributed mode (unset: embedded).
     redis_url: str | None = None
     database_url: str | None = None
@@ -104,9 +106,16 @@ class Settings:
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         value = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".secret.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(value)
+        try:
+            os.link(tmp, path)  # atomic; if another process won the race, use its secret
+        except FileExistsError:
+            value = path.read_text().strip()
+        finally:
+            tmp.unlink()
         return value
 
     def __repr__(self) -> str:  # never print the secret

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from openplace.api.errors import APIError
+from openplace.core.placement import StoreUnavailable
 from openplace.storage.base import Store
 
 
@@ -48,7 +50,10 @@ class BoardCache:
         cur = self._current
         if cur is not None and now - cur.taken < self.refresh:
             return cur
-        snap = await self.store.board()
+        try:
+            snap = await self.store.board()
+        except StoreUnavailable as exc:
+            raise APIError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
         if cur is not None and cur.seq == snap.seq and cur.board_id == snap.board_id:
             cur.taken = now
             return cur

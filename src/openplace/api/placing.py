@@ -97,10 +97,18 @@ async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
             next_at=iso(exc.next_at),
         ) from exc
     except StoreUnavailable as exc:
+        if exc.maybe_placed:
+            raise APIError(
+                503,
+                "unconfirmed",
+                "the placement was accepted but not yet confirmed durable; it may still "
+                "appear (see GET /api/pixel)",
+                headers={"Retry-After": "5"},
+            ) from exc
         raise APIError(
             503,
             "unavailable",
-            "the placement could not be stored; try again",
+            "the placement could not be stored; nothing changed; try again",
             headers={"Retry-After": "1"},
         ) from exc
     cooldown = state.settings.cooldown_seconds

@@ -58,7 +58,15 @@ class CooldownActive(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The store could not make a placement durable; nothing was changed."""
+    """The store could not confirm a placement durable.
+
+    Nothing changed, unless ``maybe_placed``: then it was accepted but not confirmed in
+    time, and may yet appear (the user's cooldown has started).
+    """
+
+    def __init__(self, message: str, *, maybe_placed: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_placed = maybe_placed
 
 
 def next_allowed(last_placed: float | None, cooldown: float, now: float) -> float | None:

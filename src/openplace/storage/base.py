@@ -28,8 +28,8 @@ class Store(Protocol):
     async def place(self, user_id: str, index: int, color: int) -> Placement:
         """Atomically check the cooldown, assign the next seq and make it durable.
 
-        Returns only once the placement is durable. Raises ``CooldownActive`` or
-        ``StoreUnavailable``; in either case nothing changed.
+        Returns only once the placement is durable. Raises ``CooldownActive`` (nothing
+        changed) or ``StoreUnavailable`` (nothing changed unless its ``maybe_placed``).
         """
         ...
 

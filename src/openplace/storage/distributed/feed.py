@@ -28,18 +28,32 @@ log = logging.getLogger(__name__)
 class RedisFeed:
     """:class:`~openplace.storage.base.Feed` over Redis pub/sub, the stream and PostgreSQL."""
 
-    def __init__(self, redis: aioredis.Redis, pg: asyncpg.Pool, *, poll: float = 0.25) -> None:
-        self.redis = redis
-        self.pg = pg
+    def __init__(
+        self, redis: aioredis.Redis | None, pg: asyncpg.Pool | None, *, poll: float = 0.25
+    ) -> None:
+        self.redis: aioredis.Redis = redis  # set by open() when None
+        self.pg: asyncpg.Pool = pg
         self.poll = poll
+        self._urls: tuple[str, str] | None = None  # set: open() connects, close() closes
         self.board_id = ""
         self.epoch = 0
         self.last = 0  # last seq delivered
         self._listeners: list[tuple[Listener, ResetListener]] = []
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_urls(cls, redis_url: str, database_url: str) -> RedisFeed:
+        """A feed with connections of its own (a realtime process)."""
+        feed = cls(None, None)
+        feed._urls = (redis_url, database_url)
+        return feed
+
     async def open(self, timeout: float = 30.0) -> None:
         """Wait until Redis holds a restored board, then follow the feed."""
+        if self._urls is not None:
+            from openplace.storage.distributed.store import connect
+
+            self.redis, self.pg = await connect(*self._urls)
         async with asyncio.timeout(timeout):
             while True:
                 try:
@@ -57,7 +71,13 @@ class RedisFeed:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # A pub/sub connection to a Redis that went away can hang while closing.
+            await asyncio.wait({self._task}, timeout=2.0)
+        if self._urls is not None:
+            from openplace.storage.distributed.store import close_quietly
+
+            await close_quietly(self.redis.aclose())
+            await close_quietly(self.pg.close())
 
     def _set_epoch(self, board_id: str) -> None:
         self.board_id = board_id

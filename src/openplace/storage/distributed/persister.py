@@ -84,15 +84,32 @@ class Persister:
         """Connect, migrate and take the persister lock; False if busy and not waiting."""
         self._pg = await asyncpg.connect(self.database_url)
         await migrate(self._pg)
+        said = False
         while not await self._pg.fetchval("SELECT pg_try_advisory_lock($1)", PERSISTER_LOCK):
             if not wait_for_lock:
                 await self._pg.close()
                 return False
-            log.info("another persister is active; standing by")
+            if not said:
+                log.info("another persister is active; standing by")
+                said = True
             await asyncio.sleep(1.0)
-        self._redis = aioredis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        if self._redis is None:
+            self._redis = aioredis.from_url(
+                self.redis_url, socket_timeout=5, socket_connect_timeout=2
+            )
         await self._load()
+        await self._announce_committed()
         return True
+
+    async def _announce_committed(self) -> None:
+        """A predecessor may have committed a run and died before announcing it: raise
+        the watermark, so processes waiting on it catch up from the log."""
+        assert self._redis is not None
+        with contextlib.suppress(RedisError, OSError):
+            epoch, committed = await self._redis.mget(keys.EPOCH, keys.COMMITTED)
+            current = epoch is not None and epoch.decode() == self.epoch_id
+            if current and int(committed or 0) < self.committed:
+                await self._redis.set(keys.COMMITTED, self.committed)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -132,7 +149,28 @@ class Persister:
     # -- main loop -----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Commit placements until ``stop`` is set; restore Redis whenever it needs it."""
+        """Commit placements until ``stop`` is set; restore Redis whenever it needs it.
+
+        If PostgreSQL goes away, the lock goes with the session: reconnect, take the
+        lock again (or stand by behind whoever took it) and reload what is committed.
+        """
+        while not stop.is_set():
+            try:
+                await self._run(stop)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("postgresql unavailable (%s); reconnecting", exc)
+                if self._pg is not None:
+                    self._pg.terminate()
+                    self._pg = None
+                while not stop.is_set():
+                    await asyncio.sleep(0.5)
+                    try:
+                        await self.connect()
+                        break
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+                        log.warning("still no postgresql (%s)", e)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         redis = self._redis
         assert redis is not None
         checked = 0.0
@@ -150,7 +188,7 @@ class Persister:
                 if entries and not await self._commit(entries[0][1]):
                     log.error("stream does not continue at seq %d; restoring", self.committed + 1)
                     await self.restore()
-            except (RedisError, OSError) as exc:
+            except RedisError as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(0.2)
                 checked = 0.0

@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 
 import asyncpg
@@ -48,6 +49,14 @@ async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, as
 
 # index, color, user, and the future for (seq, now_ms, board_id)
 _Request = tuple[int, int, str, "asyncio.Future[tuple[int, int, str]]"]
+
+
+async def close_quietly(closing: Awaitable[object], timeout: float = 2.0) -> None:
+    """Close a client without hanging shutdown on a server that is gone."""
+    try:
+        await asyncio.wait_for(closing, timeout)
+    except Exception as exc:
+        log.warning("closing a connection failed: %s", exc)
 
 
 class DistributedStore:
@@ -87,9 +96,9 @@ class DistributedStore:
         if self.feed is not None:
             await self.feed.close()
         if self._redis is not None:
-            await self._redis.aclose()
+            await close_quietly(self._redis.aclose())
         if self._pg is not None:
-            await self._pg.close()
+            await close_quietly(self._pg.close())
 
     # -- placing -------------------------------------------------------------------
 
@@ -109,7 +118,10 @@ class DistributedStore:
         try:
             await asyncio.wait_for(asyncio.shield(future), self.ack_timeout)
         except TimeoutError as exc:
-            raise StoreUnavailable("not committed in time; it may still appear") from exc
+            raise StoreUnavailable(
+                "accepted but not confirmed durable in time; it may still appear",
+                maybe_placed=True,
+            ) from exc
         return placement
 
     def _send_batch(self) -> None:
@@ -163,13 +175,20 @@ class DistributedStore:
                 future.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
 
     def _reset(self, board_id: str, head: int) -> None:
-        """Redis was restored: what waits from before was lost with it, never committed."""
+        """Redis was restored from PostgreSQL at ``head``: older placements waiting for
+        their announcement are committed (the restore starts after them); later ones
+        were lost with Redis, never committed."""
         keep = []
         for item in self._waiting:
-            if item[1] == board_id:
+            seq, board, future = item
+            if board == board_id:
                 keep.append(item)
-            elif not item[2].done():
-                item[2].set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
+            elif future.done():
+                continue
+            elif seq <= head:
+                future.set_result(None)
+            else:
+                future.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
         heapq.heapify(keep)
         self._waiting = keep
 
