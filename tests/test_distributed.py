@@ -135,6 +135,14 @@ async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: 
         statuses = [(await c.get(cluster.url + "/api/board")).headers.get("x-cache")
                     for _ in range(5)]  # fmt: skip
         assert "HIT" in statuses
+        gz = await c.get(cluster.url + "/api/board", headers={"Accept-Encoding": "gzip"})
+        assert gz.headers.get("content-encoding") == "gzip" and gz.content == direct.content
+        plain = await c.get(cluster.url + "/api/board", headers={"Accept-Encoding": "gzip;q=0"})
+        assert "content-encoding" not in plain.headers
+        # nginx limits session creation per address, and says so in JSON.
+        codes = [(await c.post(cluster.url + "/api/session")) for _ in range(45)]
+        refused = [r for r in codes if r.status_code == 429]
+        assert refused and refused[0].json()["error"] == "rate_limited"
 
 
 async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
