@@ -18,9 +18,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from openplace.api.board_cache import BoardCache
@@ -30,7 +28,6 @@ from openplace.api.errors import (
     handle_http_exception,
     handle_unexpected,
 )
-from openplace.api.json import JSONResponse
 from openplace.api.placing import PlaceFastPath
 from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
@@ -38,7 +35,8 @@ from openplace.auth.tokens import TokenSigner
 from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.realtime.endpoint import websocket_endpoint
-from openplace.realtime.hub import Hub, run_online_ticker
+from openplace.realtime.hub import Hub
+from openplace.realtime.process import build_hub, start_background
 from openplace.storage.embedded import EmbeddedStore
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -82,15 +80,8 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
     if "api" in roles:
         routes += ROUTES
     if "realtime" in roles:
-        hub = Hub(
-            feed,
-            replay_limit=settings.replay_limit,
-            send_buffer=settings.ws_send_buffer_bytes,
-            max_per_ip=settings.ws_max_connections_per_ip,
-        )
+        hub = build_hub(settings, feed)
         routes.append(WebSocketRoute("/ws", websocket_endpoint))
-        if "api" not in roles:
-            routes.append(Route("/healthz", _realtime_health, methods=["GET"]))
     if "web" in roles:
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"))
 
@@ -103,13 +94,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
                 opened.append(r)
             if hub is not None:
                 await hub.start()
-                tasks.append(asyncio.create_task(
-                    run_online_ticker(hub, settings.online_interval_seconds)))  # fmt: skip
-                if settings.distributed:
-                    from openplace.realtime.online import report_online
-
-                    reporter = report_online(hub, feed.redis, settings.online_interval_seconds)
-                    tasks.append(asyncio.create_task(reporter))
+                tasks.extend(start_background(hub, settings, getattr(feed, "redis", None)))
             yield
         finally:
             for t in tasks:
@@ -138,8 +123,3 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
         app.state.board_cache = BoardCache(store, settings.board_refresh_seconds)
         app.state.session_limiter = RateLimiter(settings.sessions_per_ip_per_minute, 60.0)
     return app
-
-
-async def _realtime_health(request: Request) -> Response:
-    hub: Hub = request.app.state.hub
-    return JSONResponse({"status": "ok", "seq": hub.history.head, "clients": len(hub.subscribers)})

@@ -76,9 +76,15 @@ def role(args: argparse.Namespace) -> int:
             f"`openplace {args.command}` needs OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL "
             "(use `openplace serve` for embedded mode)"
         )
-    roles = {"api", "web"} if args.command == "api" else {"realtime"}
     log.info("starting %s on %s:%d", args.command, settings.host, settings.port)
-    _run_uvicorn(create_app(settings, roles), settings)
+    if args.command == "realtime":
+        import uvloop
+
+        from openplace.realtime.process import run_realtime
+
+        uvloop.run(run_realtime(settings))
+    else:
+        _run_uvicorn(create_app(settings, {"api", "web"}), settings)
     return 0
 
 

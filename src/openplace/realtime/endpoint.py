@@ -7,12 +7,17 @@ import contextlib
 import logging
 from typing import Any
 
-import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from openplace.api.errors import error_response
-from openplace.core.wire import control
 from openplace.realtime.hub import CLOSE_TOO_SLOW, Hub, Subscriber
+from openplace.realtime.session import (
+    BINARY_REFUSED,
+    TOO_MANY,
+    Refusal,
+    answer_text,
+    parse_query,
+)
 from openplace.realtime.transport import EXTENSION, TransportSubscriber
 
 log = logging.getLogger(__name__)
@@ -22,29 +27,25 @@ def client_ip(ws: WebSocket) -> str:
     return ws.client.host if ws.client else "?"
 
 
-async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
+async def _deny(ws: WebSocket, refusal: Refusal) -> None:
     """Refuse the upgrade with a JSON HTTP error (where the server supports it)."""
-    response = error_response(status, code, message)
+    response = error_response(refusal.status, refusal.code, refusal.message)
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(response)
     else:
-        await ws.close(code=1008, reason=message)
+        await ws.close(code=1008, reason=refusal.message)
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
-    since_raw = ws.query_params.get("since")
-    if since_raw is not None and not (since_raw.isascii() and since_raw.isdigit()):
-        await _deny(ws, 400, "bad_since", "since must be a non-negative integer")
-        return
-    since = int(since_raw) if since_raw is not None else None
-    board = ws.query_params.get("board")
-    if board is not None and not (0 < len(board) <= 64 and board.isprintable()):
-        await _deny(ws, 400, "bad_board", "board must be the X-Board-Id of a board fetch")
+    try:
+        since, board = parse_query(ws.query_params)
+    except Refusal as refusal:
+        await _deny(ws, refusal)
         return
     ip = client_ip(ws)
     if not hub.admit(ip):
-        await _deny(ws, 429, "too_many_connections", "too many connections from this address")
+        await _deny(ws, TOO_MANY)
         return
     try:
         await ws.accept()
@@ -92,7 +93,7 @@ async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) 
 
 
 async def _receive(ws: WebSocket, sub: Any) -> None:
-    """Answer client messages: ``{"type": "ping"}`` gets a pong; anything else an error."""
+    """Answer client messages until the connection ends."""
     while True:
         try:
             message = await ws.receive()
@@ -101,14 +102,4 @@ async def _receive(ws: WebSocket, sub: Any) -> None:
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
-        if text is None:
-            sub.offer(control("error", error="bad_message", message="binary frames not accepted"))
-            continue
-        try:
-            body = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            body = None
-        if isinstance(body, dict) and body.get("type") == "ping":
-            sub.offer(control("pong", id=body.get("id")))
-        else:
-            sub.offer(control("error", error="bad_message", message='expected {"type": "ping"}'))
+        sub.offer(BINARY_REFUSED if text is None else answer_text(text))
