@@ -115,7 +115,7 @@ def fanout(
         "--secret",
         SECRET,
         "--users",
-        str(max(1, rate // 50)),
+        str(max(4, rate // 10)),
         "--duration",
         str(duration),
         "--warmup",
