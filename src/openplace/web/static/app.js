@@ -309,8 +309,17 @@ function renderOnline(n) {
 
 // -- start ------------------------------------------------------------------------
 
-async function loadBoard() {
-  const { data, seq, boardId } = await api.board();
+/** Fetch and show the board; never one older than `expect` (see LiveStream). */
+async function loadBoard(expect) {
+  let fetched = await api.board();
+  const stale = (b) =>
+    expect && ((expect.boardId && b.boardId && b.boardId !== expect.boardId) || b.seq < expect.seq);
+  for (let attempt = 0; stale(fetched); attempt++) {
+    if (attempt >= 5) throw new Error("the server keeps sending an older board");
+    await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+    fetched = await api.board({ fresh: true });
+  }
+  const { data, seq, boardId } = fetched;
   board.load(data);
   confirmUpTo(seq);
   return { seq, boardId };
@@ -398,8 +407,8 @@ async function main() {
     url: (since, boardId) =>
       `${scheme}//${location.host}/ws?since=${since}` +
       (boardId ? `&board=${encodeURIComponent(boardId)}` : ""),
-    loadBoard: async () => {
-      const loaded = await loadBoard();
+    loadBoard: async (expect) => {
+      const loaded = await loadBoard(expect);
       document.body.classList.remove("loading");
       return loaded;
     },

@@ -99,9 +99,13 @@ export class Api {
     return this.request("GET", "/api/canvas");
   }
 
-  /** `{data: ArrayBuffer, seq, boardId}` of the packed board (boardId may be null). */
-  async board() {
-    const res = await this.request("GET", "/api/board", { raw: true });
+  /**
+   * `{data: ArrayBuffer, seq, boardId}` of the packed board (boardId may be null).
+   * `fresh` asks past every cache (nginx bypasses its micro-cache for `?fresh=`).
+   */
+  async board({ fresh = false } = {}) {
+    const path = fresh ? `/api/board?fresh=${Date.now()}` : "/api/board";
+    const res = await this.request("GET", path, { raw: true });
     const seq = parseInt(res.headers.get("x-seq") || "", 10);
     if (!Number.isFinite(seq)) throw new Error("board without X-Seq");
     return { data: await res.arrayBuffer(), seq, boardId: res.headers.get("x-board-id") };
@@ -129,8 +133,10 @@ const CLOSE_TOO_SLOW = 4008;
 /**
  * The live stream of placements.
  *
- * `loadBoard()` must fetch the board, apply it and resolve to `{seq, boardId}`;
- * it is called at start and whenever the server asks for a resync. `url(since,
+ * `loadBoard(expect)` must fetch the board, apply it and resolve to `{seq, boardId}`;
+ * it is called at start and whenever the server asks for a resync; then `expect` is
+ * `{boardId, seq}` from the resync, and a board older than that must not be applied
+ * (a cache may still hold one from before a restore). `url(since,
  * boardId)` gives the websocket address. `apply(index,
  * color)` is called for every placement after that seq, exactly once and in
  * order. `onStatus(state, detail)` reports "connecting", "syncing", "live" and
@@ -147,6 +153,7 @@ export class LiveStream {
     this.lastSeq = -1;
     this.boardId = null;
     this.needBoard = true;
+    this.expect = null; // {boardId, seq} a resync told us to load at least
     this.lastResync = 0;
     this.connected = false;
     this.ws = null;
@@ -184,7 +191,7 @@ export class LiveStream {
         this.status(this.lastSeq < 0 ? "connecting" : "syncing");
         let loaded;
         try {
-          loaded = await this.loadBoard();
+          loaded = await this.loadBoard(this.expect);
         } catch (err) {
           console.warn("openplace: board fetch failed", err);
           this.retry();
@@ -193,6 +200,7 @@ export class LiveStream {
         this.lastSeq = loaded.seq;
         this.boardId = loaded.boardId || null;
         this.needBoard = false;
+        this.expect = null;
         this.onSeq(loaded.seq);
       }
       this.connect();
@@ -306,6 +314,7 @@ export class LiveStream {
         // Our seq means nothing to the server any more: reload the board and resume from it.
         // At once the first time; with backoff if it keeps happening.
         this.needBoard = true;
+        this.expect = { boardId: msg.board || null, seq: msg.head ?? 0 };
         const now = Date.now();
         const again = now - this.lastResync < 5000;
         this.lastResync = now;
