@@ -104,6 +104,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     0,
                     False,
                 ),
+                Row("fan-out CPU per websocket send", mode, fo["us_per_send"], "µs", None, False),
+                Row(
+                    "CPU of fan-out / load generator",
+                    mode,
+                    fo["realtime_cpu_share"] * 100,
+                    "% / " + f"{fo['loadgen_cpu_share'] * 100:.0f}%",
+                    None,
+                    False,
+                ),
             ]
         c = f.get(f"{mode}.catchup")
         if c:

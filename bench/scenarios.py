@@ -18,7 +18,7 @@ from typing import Any
 
 from tests.services import PostgresServer
 
-from bench.stack import SECRET, Distributed, Embedded, rss, wait_http
+from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss, wait_http
 
 Say = Callable[[str], None]
 
@@ -106,6 +106,8 @@ def fanout(
         ready += json.loads(line)["ready"] if line.startswith(b"{") else 0
     time.sleep(1.0)
     rss_idle = rss(stack.realtime_pids())
+    cpu_before = cpu_seconds(stack.realtime_pids())
+    gen_before = cpu_seconds([p.pid for p in listeners])
     # A paced placer: users = rate / 20 each placing 20/s would be a closed loop; instead
     # run enough users with cooldown 0 and let the pace come from a rate-limited loop.
     placer = loadgen(
@@ -126,6 +128,8 @@ def fanout(
         str(rate),
     )
     placed = collect(placer)
+    cpu_used = cpu_seconds(stack.realtime_pids()) - cpu_before
+    gen_used = cpu_seconds([p.pid for p in listeners]) - gen_before
     results = [collect(p) for p in listeners]
     acks = {int(k): v for k, v in placed["acks"].items()}
     lat: list[float] = []
@@ -145,6 +149,9 @@ def fanout(
     # The sampled clients decode every frame: they say how many placements arrived. Every
     # byte-counting client must have received at least 5 bytes (one record) for each.
     received = min((len(r["arrivals"]) for r in results), default=0)
+    samples_per_proc = max(1, sample // nprocs)
+    frames = statistics.median(r["frames"] / samples_per_proc for r in results)
+    sends = frames * connected  # frames each client got, times clients
     short = sum(1 for r in results for b in r["bytes"] if b < 5 * received)
     return {
         "clients": connected,
@@ -157,6 +164,11 @@ def fanout(
         "p99_ms": pct(99),
         "gaps": gaps,
         "kib_per_conn": (rss_idle - rss_before) / max(1, ready) / 1024,
+        # Where the time goes: the fan-out processes' CPU per websocket send, and the
+        # load generator's (which shares this machine's two cores).
+        "us_per_send": cpu_used / max(1, sends) * 1e6,
+        "realtime_cpu_share": cpu_used / duration,
+        "loadgen_cpu_share": gen_used / duration,
     }
 
 

@@ -155,3 +155,15 @@ def rss(pids: list[int]) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += psutil.Process(pid).memory_info().rss
     return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (and their children) so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
