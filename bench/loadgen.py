@@ -73,6 +73,8 @@ class HTTPConnection(asyncio.Protocol):
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         assert self.transport is not None
+        if self.transport.is_closing():
+            raise ConnectionError("connection closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return await self.waiter
