@@ -181,6 +181,18 @@ def run_live(
             )
         finally:
             stack.stop()
+    if "board" in only and mode == "embedded":
+        say("embedded: GET /api/board direct")
+        stack = start()
+        try:
+            out["embedded.board"] = scenarios.median_of(
+                [
+                    {"direct": scenarios.wrk(stack.url + "/api/board", scale["board_duration"])}
+                    for _ in range(runs)
+                ]
+            )
+        finally:
+            stack.stop()
     if "board" in only and mode == "distributed":
         say("distributed: GET /api/board direct, through nginx, and as a static file")
         stack = start(api=1, realtime=1)

@@ -126,6 +126,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     False,
                 )
             )
+    eb = f.get("embedded.board")
+    if eb:
+        out.append(Row("GET /api/board direct", "embedded", eb["direct"]["rps"], "/s", None))
+        out.append(Row("GET /api/board p99", "embedded", eb["direct"]["p99_ms"], "ms", None, False))
     b = f.get("distributed.board")
     if b:
         static = b["static"]["rps"]
@@ -147,6 +151,14 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 ceiling=static,
             ),
             Row("nginx static file, same bytes (ceiling)", "distributed", static, "/s", None),
+            Row(
+                "GET /api/board p99: direct / nginx / static",
+                "distributed",
+                b["direct"]["p99_ms"],
+                f"ms / {b['nginx']['p99_ms']:.1f} / {b['static']['p99_ms']:.1f} ms",
+                None,
+                False,
+            ),
         ]
     if ceiling:
         out.append(
