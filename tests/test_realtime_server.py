@@ -39,7 +39,13 @@ async def start_lean(tmp_path: Path, **overrides: Any) -> tuple[Lean, Any]:
     hub = build_hub(settings, store)
     await hub.start()
     port = free_port()
-    server = await serve(hub, "127.0.0.1", port, max_message=settings.ws_max_message_bytes)
+    server = await serve(
+        hub,
+        "127.0.0.1",
+        port,
+        max_message=settings.ws_max_message_bytes,
+        trusted_proxies=settings.trusted_proxies,
+    )
     return Lean(store, hub, port), server
 
 
@@ -156,3 +162,34 @@ async def test_slow_client_is_dropped_with_4008(tmp_path: Path) -> None:
         server.close()
         lean_.hub.stop()
         await lean_.store.close()
+
+
+async def test_clients_behind_the_local_proxy_are_counted_by_forwarded_address(
+    tmp_path: Path,
+) -> None:
+    """Behind nginx every connection comes from 127.0.0.1; the limit is per client."""
+    lean_, server = await start_lean(tmp_path, ws_max_connections_per_ip=2)
+
+    def via(addr: str) -> Any:
+        return connect(lean_.ws_url, additional_headers={"X-Forwarded-For": f"203.0.113.9, {addr}"})
+
+    try:
+        async with via("198.51.100.1") as a, via("198.51.100.1") as b, via("198.51.100.2") as c:
+            await a.recv(), await b.recv(), await c.recv()
+            with pytest.raises(websockets.InvalidStatus) as exc:
+                async with via("198.51.100.1"):
+                    pass
+            assert exc.value.response.status_code == 429
+    finally:
+        server.close()
+        lean_.hub.stop()
+        await lean_.store.close()
+
+
+def test_forwarded_address_is_believed_only_from_trusted_proxies() -> None:
+    from openplace.realtime.session import client_address
+
+    trusted = frozenset({"127.0.0.1"})
+    assert client_address("127.0.0.1", "1.2.3.4, 5.6.7.8", trusted) == "5.6.7.8"
+    assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
+    assert client_address("9.9.9.9", "5.6.7.8", trusted) == "9.9.9.9"  # spoofing

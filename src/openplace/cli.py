@@ -36,6 +36,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         ws_per_message_deflate=False,
         ws_ping_interval=None,  # clients ping; a server ping per client costs at 20k
         proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
         server_header=False,
         backlog=4096,
     )
@@ -113,7 +114,8 @@ def persister(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await p.connect()  # type: ignore[attr-defined]
+        if not await p.connect(stop=stop):  # type: ignore[attr-defined]
+            return  # stopped while standing by
         log.info("persister active")
         try:
             await p.run(stop)  # type: ignore[attr-defined]

@@ -63,6 +63,7 @@ class Cluster:
     api_ports: list[int] = field(default_factory=list)
     realtime_ports: list[int] = field(default_factory=list)
     run_dir: Path | None = None
+    failed: bool = False
 
     @property
     def url(self) -> str:
@@ -124,7 +125,9 @@ class Cluster:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self, keep_logs: bool = False) -> None:
-        """Stop every process; remove the run directory unless ``keep_logs``."""
+        """Stop every process; remove the run directory unless ``keep_logs`` or
+        something failed (its logs are what the error message points to)."""
+        self.failed = self.failed or keep_logs
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,7 +138,7 @@ class Cluster:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
-        if self.run_dir is not None and not keep_logs:
+        if self.run_dir is not None and not self.failed:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def kill(self, name: str) -> None:
@@ -144,7 +147,11 @@ class Cluster:
         self.procs[name].wait()
 
     def __enter__(self) -> Cluster:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # e.g. Ctrl-C or SIGTERM while starting: no orphans
+            self.stop(keep_logs=True)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -41,6 +41,9 @@ class Settings:
     ws_send_buffer_bytes: int = 4 * 1024 * 1024
     ws_max_message_bytes: int = 1024
     online_interval_seconds: float = 2.0
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses; as uvicorn's
+    # forwarded_allow_ips). Behind nginx on the same host, the default is right.
+    trusted_proxies: str = "127.0.0.1"
     # HTTP limits.
     max_body_bytes: int = 1024
     sessions_per_ip_per_minute: int = 30
@@ -94,6 +97,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 1")
+        if self.ack_timeout_seconds <= 0:
+            raise ValueError("OPENPLACE_ACK_TIMEOUT_SECONDS must be > 0")
         if self.cooldown_seconds < 0:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
 

@@ -266,6 +266,8 @@ class Hub:
                 continue
             for frame in split_frames(sent + 1, records):
                 sub.offer(frame, bounded=False)
+            if sub.closed:  # went away while we fetched its history
+                return
             self.subscribers.add(sub)
             sub.offer(control("online", count=self.online()))
             return

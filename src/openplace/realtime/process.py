@@ -49,8 +49,10 @@ async def run_realtime(settings: Settings) -> None:
     hub = build_hub(settings, feed)
     await hub.start()
     tasks = start_background(hub, settings, feed.redis)
-    server = await serve(hub, settings.host, settings.port,
-                         max_message=settings.ws_max_message_bytes)  # fmt: skip
+    server = await serve(
+        hub, settings.host, settings.port,
+        max_message=settings.ws_max_message_bytes, trusted_proxies=settings.trusted_proxies,
+    )  # fmt: skip
     log.info("realtime serving on %s:%d", settings.host, settings.port)
     try:
         await stop.wait()

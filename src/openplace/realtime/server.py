@@ -30,6 +30,7 @@ from openplace.realtime.session import (
     TOO_MANY,
     Refusal,
     answer_text,
+    client_address,
     parse_query,
 )
 from openplace.realtime.transport import TransportSubscriber
@@ -49,10 +50,11 @@ def _json_response(status: int, body: bytes) -> Response:
 class Connection(asyncio.Protocol):
     """One client connection; see the module docstring."""
 
-    __slots__ = ("hub", "ip", "protocol", "subscriber", "transport")
+    __slots__ = ("hub", "ip", "protocol", "subscriber", "transport", "trusted")
 
-    def __init__(self, hub: Hub, max_message: int) -> None:
+    def __init__(self, hub: Hub, max_message: int, trusted: frozenset[str]) -> None:
         self.hub = hub
+        self.trusted = trusted
         self.protocol = ServerProtocol(max_size=max_message, logger=log)
         self.transport: Any = None
         self.subscriber: TransportSubscriber | None = None
@@ -97,6 +99,7 @@ class Connection(asyncio.Protocol):
         if url.path != "/ws":
             self._refuse(_json_response(404, b'{"error":"not_found","message":"try /ws"}'))
             return
+        self.ip = client_address(self.ip, request.headers.get("X-Forwarded-For"), self.trusted)
         try:
             since, board = parse_query(dict(parse_qsl(url.query, keep_blank_values=True)))
             if not self.hub.admit(self.ip):
@@ -146,9 +149,13 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.error("attaching a client failed", exc_info=task.exception())
 
 
-async def serve(hub: Hub, host: str, port: int, *, max_message: int) -> asyncio.Server:
+async def serve(
+    hub: Hub, host: str, port: int, *, max_message: int, trusted_proxies: str = "127.0.0.1"
+) -> asyncio.Server:
     """Listen for websocket clients of ``hub`` on ``host:port``."""
     loop = asyncio.get_running_loop()
+    trusted = frozenset(a.strip() for a in trusted_proxies.split(",") if a.strip())
     return await loop.create_server(
-        lambda: Connection(hub, max_message), host, port, backlog=4096, reuse_address=True
-    )
+        lambda: Connection(hub, max_message, trusted),
+        host, port, backlog=4096, reuse_address=True,
+    )  # fmt: skip

@@ -34,6 +34,16 @@ def parse_query(params: Mapping[str, str]) -> tuple[int | None, str | None]:
     return (int(since_raw) if since_raw is not None else None), board
 
 
+def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[str]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the last
+    address it added to ``X-Forwarded-For`` (the one it saw)."""
+    if forwarded_for and peer in trusted:
+        last = forwarded_for.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return peer
+
+
 TOO_MANY = Refusal(429, "too_many_connections", "too many connections from this address")
 
 

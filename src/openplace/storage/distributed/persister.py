@@ -80,26 +80,38 @@ class Persister:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def connect(self, *, wait_for_lock: bool = True) -> bool:
-        """Connect, migrate and take the persister lock; False if busy and not waiting."""
-        self._pg = await asyncpg.connect(self.database_url)
-        await migrate(self._pg)
-        said = False
-        while not await self._pg.fetchval("SELECT pg_try_advisory_lock($1)", PERSISTER_LOCK):
-            if not wait_for_lock:
-                await self._pg.close()
-                return False
-            if not said:
-                log.info("another persister is active; standing by")
-                said = True
-            await asyncio.sleep(1.0)
-        if self._redis is None:
-            self._redis = aioredis.from_url(
-                self.redis_url, socket_timeout=5, socket_connect_timeout=2
-            )
-        await self._load()
-        await self._announce_committed()
-        return True
+    async def connect(
+        self, *, wait_for_lock: bool = True, stop: asyncio.Event | None = None
+    ) -> bool:
+        """Connect, migrate and take the persister lock.
+
+        Returns False, holding nothing, if the lock is busy and ``wait_for_lock`` is
+        off, or if ``stop`` is set while standing by.
+        """
+        pg = await asyncpg.connect(self.database_url)
+        try:
+            await migrate(pg)
+            said = False
+            while not await pg.fetchval("SELECT pg_try_advisory_lock($1)", PERSISTER_LOCK):
+                if not wait_for_lock or (stop is not None and stop.is_set()):
+                    await pg.close()
+                    return False
+                if not said:
+                    log.info("another persister is active; standing by")
+                    said = True
+                await asyncio.sleep(0.5)
+            self._pg = pg
+            if self._redis is None:
+                self._redis = aioredis.from_url(
+                    self.redis_url, socket_timeout=5, socket_connect_timeout=2
+                )
+            await self._load()
+            await self._announce_committed()
+            return True
+        except BaseException:
+            self._pg = None
+            pg.terminate()  # the session, and with it the lock, ends here
+            raise
 
     async def _announce_committed(self) -> None:
         """A predecessor may have committed a run and died before announcing it: raise
@@ -112,10 +124,12 @@ class Persister:
                 await self._redis.set(keys.COMMITTED, self.committed)
 
     async def close(self) -> None:
+        from openplace.storage.distributed.store import close_quietly
+
         if self._redis is not None:
-            await self._redis.aclose()
+            await close_quietly(self._redis.aclose())
         if self._pg is not None:
-            await self._pg.close()
+            await close_quietly(self._pg.close())
 
     async def _load(self, progress: Progress | None = None) -> None:
         """The committed board from PostgreSQL: the newest snapshot plus the log after it."""
@@ -165,8 +179,8 @@ class Persister:
                 while not stop.is_set():
                     await asyncio.sleep(0.5)
                     try:
-                        await self.connect()
-                        break
+                        if await self.connect(stop=stop):
+                            break
                     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
                         log.warning("still no postgresql (%s)", e)
 

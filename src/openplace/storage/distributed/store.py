@@ -19,6 +19,7 @@ from datetime import datetime
 import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openplace.core.board import Geometry
 from openplace.core.placement import (
@@ -142,9 +143,11 @@ class DistributedStore:
         try:
             result = await self._place(keys=keys_, args=args)
         except (RedisError, OSError) as exc:
+            # A timeout means the script may have run; a refused connection that it did not.
+            maybe = isinstance(exc, RedisTimeoutError | TimeoutError)
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(StoreUnavailable(f"redis: {exc}"))
+                    future.set_exception(StoreUnavailable(f"redis: {exc}", maybe_placed=maybe))
             return
         if result[0] == -1:
             for *_, future in batch:
