@@ -62,11 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs per figure (median is reported)")
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated: " + ",".join(ALL))
     parser.add_argument("--modes", default="embedded,distributed")
+    parser.add_argument("--clients", type=int, help="websocket clients (distributed fan-out)")
+    parser.add_argument("--rate", type=int, help="placements/s during the fan-out run")
     parser.add_argument("--out", default="docs/benchmarks.md", help="report ('-': none)")
     args = parser.parse_args(argv)
     scale = dict(SCALES["smoke" if args.smoke else "full"])
     if args.runs:
         scale["runs"] = args.runs
+    if args.clients:
+        scale["clients"] = args.clients
+    if args.rate:
+        scale["rate"] = args.rate
     only = set(args.only.split(","))
     modes = args.modes.split(",")
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

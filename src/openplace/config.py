@@ -41,6 +41,10 @@ class Settings:
     ws_send_buffer_bytes: int = 4 * 1024 * 1024
     ws_max_message_bytes: int = 1024
     online_interval_seconds: float = 2.0
+    # Live frames are gathered for min(max delay, clients / sends per second): more
+    # clients, bigger batches, the same number of socket writes per second.
+    ws_sends_per_second: int = 100_000
+    ws_max_batch_delay_seconds: float = 0.1
     # Proxies whose X-Forwarded-For is believed (comma-separated addresses; as uvicorn's
     # forwarded_allow_ips). Behind nginx on the same host, the default is right.
     trusted_proxies: str = "127.0.0.1"
