@@ -283,3 +283,20 @@ def test_configuration_errors_are_clear() -> None:
         Settings.from_env({"OPENPLACE_REDIS_URL": "redis://x"})
     s = Settings.from_env({"OPENPLACE_COOLDOWN_SECONDS": "2.5", "OPENPLACE_SECRET": "hush"})
     assert s.cooldown_seconds == 2.5 and "hush" not in repr(s)
+
+
+async def test_board_cache_reads_the_store_once_for_a_burst() -> None:
+    from openplace.api.board_cache import BoardCache
+    from openplace.core.placement import BoardSnapshot
+
+    class SlowStore:
+        calls = 0
+
+        async def board(self) -> BoardSnapshot:
+            SlowStore.calls += 1
+            await asyncio.sleep(0.01)
+            return BoardSnapshot(b"\0" * 8, 7, "b")
+
+    cache = BoardCache(SlowStore(), refresh=0)  # type: ignore[arg-type]
+    got = await asyncio.gather(*[cache.get() for _ in range(50)])
+    assert SlowStore.calls == 1 and {g.seq for g in got} == {7}

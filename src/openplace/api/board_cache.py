@@ -37,6 +37,9 @@ class CachedBoard:
 
 
 class BoardCache:
+    """The current :class:`CachedBoard`; at most one fetch from the store in flight, so
+    a burst of requests after it expires costs the store one read, not one each."""
+
     def __init__(
         self, store: Store, refresh: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -44,16 +47,29 @@ class BoardCache:
         self.refresh = refresh
         self.clock = clock
         self._current: CachedBoard | None = None
+        self._fetching: asyncio.Future[CachedBoard] | None = None
 
     async def get(self) -> CachedBoard:
-        now = self.clock()
         cur = self._current
-        if cur is not None and now - cur.taken < self.refresh:
+        if cur is not None and self.clock() - cur.taken < self.refresh:
             return cur
+        if self._fetching is None:
+            self._fetching = asyncio.ensure_future(self._fetch())
+            self._fetching.add_done_callback(self._fetched)
+        return await asyncio.shield(self._fetching)
+
+    def _fetched(self, fetch: asyncio.Future[CachedBoard]) -> None:
+        self._fetching = None
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved here; every waiter sees it too
+
+    async def _fetch(self) -> CachedBoard:
+        now = self.clock()
         try:
             snap = await self.store.board()
         except StoreUnavailable as exc:
             raise APIError(503, "unavailable", str(exc), headers={"Retry-After": "1"}) from exc
+        cur = self._current
         if cur is not None and cur.seq == snap.seq and cur.board_id == snap.board_id:
             cur.taken = now
             return cur
