@@ -18,7 +18,8 @@ from typing import Any
 
 from tests.services import PostgresServer
 
-from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss, wait_http
+from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss
+from openplace.cluster import wait_http
 
 Say = Callable[[str], None]
 
@@ -249,7 +250,7 @@ http {{ access_log off; sendfile on; tcp_nodelay on; default_type application/oc
         [find_nginx(), "-c", str(conf), "-p", str(path.parent), "-g", "daemon off;"]
     )
     _NGINX_STATIC.append(proc)
-    wait_http(f"http://127.0.0.1:{port}/{path.name}")
+    wait_http(f"http://127.0.0.1:{port}/{path.name}", 30)
     return f"http://127.0.0.1:{port}/{path.name}"
 
 

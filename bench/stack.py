@@ -7,29 +7,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 from tests.services import PostgresServer, RedisServer, free_port
 
+from openplace.cluster import wait_http
+
 SECRET = "bench-secret"
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up")
-        time.sleep(0.05)
 
 
 def base_env(**extra: object) -> dict[str, str]:
@@ -83,7 +69,7 @@ class Embedded:
             stdout=subprocess.DEVNULL,
             stderr=open(self.data_dir / "server.log", "ab"),  # noqa: SIM115  # noqa: SIM115
         )
-        wait_http(self.url + "/healthz", timeout=120)
+        wait_http(self.url + "/healthz", 120)
         return self
 
     def pids(self) -> list[int]:

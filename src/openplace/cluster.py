@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,23 @@ def find_nginx() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise RuntimeError("nginx not found (apt-get install nginx)")
+
+
+def wait_http(url: str, timeout: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until ``url`` answers 200 (``check`` runs between tries, and may raise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def render_nginx(run_dir: Path, listen: str, api: list[int], realtime: list[int]) -> str:
@@ -102,18 +120,13 @@ class Cluster:
         urls += [f"http://127.0.0.1:{p}/healthz" for p in self.realtime_ports]
         urls.append(self.url + "/healthz")
         for url in urls:
-            while True:
-                self._check_alive()
-                try:
-                    with urllib.request.urlopen(url, timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop(keep_logs=True)
-                    raise RuntimeError(f"cluster did not come up: {url}; logs in {self.run_dir}")
-                time.sleep(0.1)
+            try:
+                wait_http(url, deadline - time.monotonic(), check=self._check_alive)
+            except TimeoutError:
+                self.stop(keep_logs=True)
+                raise RuntimeError(
+                    f"cluster did not come up: {url}; logs in {self.run_dir}"
+                ) from None
         return self
 
     def _check_alive(self) -> None:
