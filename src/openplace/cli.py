@@ -183,9 +183,13 @@ def cluster(args: argparse.Namespace) -> int:
     env = {} if settings.secret else {"OPENPLACE_SECRET": secrets.token_urlsafe(32)}
 
     def interrupt(signum: int, frame: object) -> None:
+        # Once: a second signal must not cut the orderly stop of every child short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     cluster = Cluster(settings, api=args.api, realtime=args.realtime, port=args.port, env=env)
     with cluster as c:
         print(f"openplace: {args.api} API + {args.realtime} realtime processes, logs in "
