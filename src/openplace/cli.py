@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from openplace import logs
 from openplace.config import Settings
+
+if TYPE_CHECKING:
+    from openplace.storage.distributed.persister import Persister
 
 log = logging.getLogger("openplace")
 
@@ -89,7 +93,7 @@ def role(args: argparse.Namespace) -> int:
     return 0
 
 
-def _persister(settings: Settings) -> object:
+def _persister(settings: Settings) -> Persister:
     from openplace.core.board import Geometry
     from openplace.storage.distributed.persister import Persister
 
@@ -114,13 +118,13 @@ def persister(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if not await p.connect(stop=stop):  # type: ignore[attr-defined]
+        if not await p.connect(stop=stop):
             return  # stopped while standing by
         log.info("persister active")
         try:
-            await p.run(stop)  # type: ignore[attr-defined]
+            await p.run(stop)
         finally:
-            await p.close()  # type: ignore[attr-defined]
+            await p.close()
 
     asyncio.run(main())
     return 0
@@ -141,14 +145,14 @@ def restore(args: argparse.Namespace) -> int:
         print(f"restore: {message}", flush=True)
 
     async def main() -> int:
-        if await p.connect(wait_for_lock=False):  # type: ignore[attr-defined]
+        if await p.connect(wait_for_lock=False):
             try:
-                seq = p.committed  # type: ignore[attr-defined]
+                seq = p.committed
                 say(f"no persister running; restoring here (committed seq {seq})")
-                took = await p.restore(say)  # type: ignore[attr-defined]
+                took = await p.restore(say)
                 say(f"done in {took:.3f} s")
             finally:
-                await p.close()  # type: ignore[attr-defined]
+                await p.close()
             return 0
         say("asking the running persister to restore")
         redis = aioredis.from_url(settings.redis_url or "")

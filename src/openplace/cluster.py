@@ -89,7 +89,8 @@ class Cluster:
 
     def _spawn(self, name: str, *args: str) -> None:
         env = {**os.environ, **self.env}
-        log = open(self.run_dir / f"{name}.log", "wb")  # type: ignore[operator]  # noqa: SIM115
+        assert self.run_dir is not None
+        log = open(self.run_dir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "openplace.cli", *args], env=env, stdout=log, stderr=log
         )
@@ -132,7 +133,7 @@ class Cluster:
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                logs = self.run_dir / f"{name}.log"  # type: ignore[operator]
+                logs = (self.run_dir or Path(".")) / f"{name}.log"
                 tail = logs.read_text()[-2000:] if logs.exists() else ""
                 self.stop(keep_logs=True)
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
