@@ -335,6 +335,8 @@ def test_refused_placement_is_reverted(
 ) -> None:
     page = open_page()
     choose_color(page, 3)
+    # The page gets its session token as it loads; on a busy machine that can come last.
+    page.wait_for_function("() => localStorage.getItem('openplace.token')")
     token = page.evaluate("() => localStorage.getItem('openplace.token')")
 
     def place_elsewhere_first(route: Route) -> None:

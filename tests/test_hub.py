@@ -21,6 +21,8 @@ class ListFeed:
         self.oldest = oldest  # first seq still readable
         self.listeners: list[Listener] = []
         self.board_id = "b1"
+        self.newer_board: str | None = None
+        self.resets: list[ResetListener] = []
 
     async def head(self) -> int:
         return len(self.recs)
@@ -30,8 +32,15 @@ class ListFeed:
             raise TooOld("trimmed")
         return b"".join(self.recs[after:upto])
 
+    async def refresh(self) -> None:
+        if self.newer_board is not None:  # a restore this feed had not noticed yet
+            self.board_id, self.newer_board = self.newer_board, None
+            for on_reset in self.resets:
+                on_reset(self.board_id, len(self.recs))
+
     def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         self.listeners.append(listener)
+        self.resets.append(on_reset)
         return lambda: self.listeners.remove(listener)
 
     def add(self, k: int) -> None:
@@ -162,3 +171,18 @@ async def test_per_ip_admission(n: int) -> None:
     assert not hub.admit("1.2.3.4") and hub.admit("5.6.7.8")
     hub.release("1.2.3.4")
     assert hub.admit("1.2.3.4")
+
+
+async def test_client_with_a_newer_board_is_not_sent_back_to_an_older_one() -> None:
+    """A realtime process that has not yet noticed a restore catches up first."""
+    feed = ListFeed(5)
+    hub = Hub(feed, replay_limit=100, send_buffer=100_000, max_per_ip=10)
+    await hub.start()
+    feed.newer_board = "b2"  # restored; this process would notice at its next poll
+    got, send = collect()
+    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub, 5, "b2")
+    await drain(sub)
+    texts = [m for m in got if isinstance(m, str)]
+    assert hub.board_id == "b2"
+    assert '"board":"b2"' in texts[0] and not any('"resync"' in t for t in texts)

@@ -239,6 +239,10 @@ class Hub:
         server without a matching ``board`` (with one, it is a board fetched from a
         server slightly ahead of this one: frames it already has are skipped by it).
         """
+        if board is not None and board != self.board_id:
+            # The client may have fetched a board restored after this process last
+            # looked: catch up first, so it is never sent back to an older board.
+            await self.feed.refresh()
         history = self.history
         sub.offer(control("hello", head=self.sent, board=self.board_id))
         sent = self.sent if since is None else since

@@ -51,6 +51,10 @@ class Feed(Protocol):
         """Encoded records for ``after+1 .. upto``; ``TooOld`` if not held."""
         ...
 
+    async def refresh(self) -> None:
+        """Catch up with the source now (e.g. a client showed a newer board id)."""
+        ...
+
     def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         """Call ``listener`` for each new committed run, contiguous and in order, and
         ``on_reset`` when the board is replaced. Returns an unsubscribe."""

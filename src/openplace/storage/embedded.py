@@ -337,6 +337,9 @@ class EmbeddedStore:
             raise TooOld(f"placements after {after} are not all in the log")
         return b"".join(encode_record(i, c) for _, i, c in rows)
 
+    async def refresh(self) -> None:
+        """Nothing to catch up with: this process is the source."""
+
     def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)

@@ -107,6 +107,13 @@ class RedisFeed:
             raise TooOld(f"placements {after + 1}..{upto} are not all held")
         return b"".join(encode_record(r[0], r[1]) for r in rows)
 
+    async def refresh(self) -> None:
+        """Read the epoch and watermark now, instead of at the next poll."""
+        try:
+            await self._catch_up()
+        except (RedisError, OSError, TooOld) as exc:
+            log.warning("feed refresh failed: %s", exc)
+
     def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         pair = (listener, on_reset)
         self._listeners.append(pair)

@@ -23,7 +23,10 @@ const awaiting = new Map(); // index -> seq of our placement not yet seen on the
 // -- small UI helpers -------------------------------------------------------------
 
 let toastTimer = null;
+let toasted = false; // a message has been shown: the first-visit hint must not cover it
+
 function toast(message, kind = "info", ms = 2600) {
+  toasted = true;
   const el = $("toast");
   el.textContent = message;
   el.dataset.kind = kind;
@@ -315,7 +318,11 @@ async function loadBoard(expect) {
   const stale = (b) =>
     expect && ((expect.boardId && b.boardId && b.boardId !== expect.boardId) || b.seq < expect.seq);
   for (let attempt = 0; stale(fetched); attempt++) {
-    if (attempt >= 5) throw new Error("the server keeps sending an older board");
+    if (attempt >= 5) {
+      // The server is the authority: if it keeps answering this board, show it.
+      console.warn("openplace: the server keeps sending another board than expected");
+      break;
+    }
     await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
     fetched = await api.board({ fresh: true });
   }
@@ -429,17 +436,16 @@ async function main() {
 
   if (!localStorage.getItem(HINT_KEY)) {
     const touch = matchMedia("(pointer: coarse)").matches;
-    setTimeout(
-      () =>
-        toast(
-          touch
-            ? "Tap to place · drag to move · pinch to zoom · long-press to inspect"
-            : "Click to place · drag to move · scroll to zoom · right-click to inspect",
-          "info",
-          6000,
-        ),
-      400,
-    );
+    setTimeout(() => {
+      if (toasted) return;
+      toast(
+        touch
+          ? "Tap to place · drag to move · pinch to zoom · long-press to inspect"
+          : "Click to place · drag to move · scroll to zoom · right-click to inspect",
+        "info",
+        6000,
+      );
+    }, 400);
     try {
       localStorage.setItem(HINT_KEY, "1");
     } catch {
