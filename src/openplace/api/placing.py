@@ -3,7 +3,7 @@
 :func:`place` is the whole request, from the ``Authorization`` header and the body to
 the answer. :class:`PlaceFastPath` serves ``POST /api/pixel`` with it as plain ASGI, in
 front of the router and middleware, because this is the one request that comes at
-thousands per second; the Starlette route calls the same function.
+thousands per second; the Starlette route serves the same endpoint.
 """
 
 from __future__ import annotations
@@ -115,17 +115,11 @@ async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
     return {"seq": placement.seq, "next_at": iso(placement.ts + cooldown)}
 
 
-class PlaceFastPath:
-    """ASGI middleware: ``POST /api/pixel`` straight to :func:`place`, ahead of routing;
-    everything else to ``app``. Collaborators come from ``scope["app"].state``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class PlaceEndpoint:
+    """ASGI app for ``POST /api/pixel``: the request to :func:`place`, the answer back.
+    Collaborators come from ``scope["app"].state``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/api/pixel" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
         state = scope["app"].state
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         try:
@@ -158,3 +152,20 @@ class PlaceFastPath:
         headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+
+place_endpoint = PlaceEndpoint()
+
+
+class PlaceFastPath:
+    """ASGI middleware: ``POST /api/pixel`` straight to :data:`place_endpoint`, ahead of
+    routing and the other middleware; everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/api/pixel" and scope["method"] == "POST":
+            await place_endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
 from openplace.api.openapi import openapi_schema
-from openplace.api.placing import identify, iso, place, too_large
+from openplace.api.placing import identify, iso, place_endpoint
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
@@ -26,20 +26,6 @@ def client_ip(request: Request) -> str:
 
 def authenticate(request: Request) -> Identity:
     return identify(request.app.state.signer, request.headers.get("authorization", ""))
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refusing bodies over the configured limit."""
-    limit: int = request.app.state.settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:  # the server has checked its syntax
-        raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(limit)
-    return bytes(body)
 
 
 def accepts_gzip(header: str) -> bool:
@@ -109,13 +95,6 @@ async def board(request: Request) -> Response:
     return Response(cached.data, media_type="application/octet-stream", headers=headers)
 
 
-async def place_pixel(request: Request) -> Response:
-    """Served by :class:`~openplace.api.placing.PlaceFastPath` in front of the router;
-    this route answers when the app is used without it."""
-    authorization = request.headers.get("authorization", "")
-    return JSONResponse(await place(request.app.state, authorization, await read_body(request)))
-
-
 async def me(request: Request) -> Response:
     identity = authenticate(request)
     state = await request.app.state.store.user(identity.user_id)
@@ -167,7 +146,7 @@ API_ROUTES = [
     Route("/canvas", canvas, methods=["GET"]),
     Route("/session", new_session, methods=["POST"]),
     Route("/board", board, methods=["GET"]),
-    Route("/pixel", place_pixel, methods=["POST"]),
+    Route("/pixel", place_endpoint, methods=["POST"]),
     Route("/pixel", pixel_info, methods=["GET"]),
     Route("/me", me, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
