@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import redis
 
+from openplace.cluster import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["PostgresServer", "RedisServer", "free_port"]
 
 
 class RedisServer:

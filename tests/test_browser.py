@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+
+from tests.services import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -55,12 +56,6 @@ TIMEOUT = 10.0
 def rgb(color: int) -> list[int]:
     h = PALETTE[color]
     return [int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
@@ -241,23 +236,24 @@ def client_xy(page: Page, x: int, y: int) -> tuple[float, float]:
     return p["x"], p["y"]
 
 
+# The page's model holds colour c at (x, y).
+MODEL_SHOWS = "([x, y, c]) => window.openplace.getPixel(x, y) === c"
+# The canvas pixels at (x, y) are the colour rgb.
+CANVAS_SHOWS = """([x, y, rgb]) => {
+    const c = document.getElementById("board");
+    const r = c.getBoundingClientRect();
+    const p = window.openplace.clientOf(x, y);
+    const d = devicePixelRatio;
+    const px = c.getContext("2d").getImageData(
+        Math.floor((p.x - r.left) * d), Math.floor((p.y - r.top) * d), 1, 1).data;
+    return px[0] === rgb[0] && px[1] === rgb[1] && px[2] === rgb[2];
+}"""
+
+
 def wait_pixel(page: Page, x: int, y: int, color: int) -> None:
     """Until the page's model and the pixels on its canvas show ``color`` at (x, y)."""
-    page.wait_for_function(
-        "([x, y, c]) => window.openplace.getPixel(x, y) === c", arg=[x, y, color]
-    )
-    page.wait_for_function(
-        """([x, y, rgb]) => {
-            const c = document.getElementById("board");
-            const r = c.getBoundingClientRect();
-            const p = window.openplace.clientOf(x, y);
-            const d = devicePixelRatio;
-            const px = c.getContext("2d").getImageData(
-                Math.floor((p.x - r.left) * d), Math.floor((p.y - r.top) * d), 1, 1).data;
-            return px[0] === rgb[0] && px[1] === rgb[1] && px[2] === rgb[2];
-        }""",
-        arg=[x, y, rgb(color)],
-    )
+    page.wait_for_function(MODEL_SHOWS, arg=[x, y, color])
+    page.wait_for_function(CANVAS_SHOWS, arg=[x, y, rgb(color)])
 
 
 def click_pixel(page: Page, x: int, y: int) -> None:

@@ -34,7 +34,16 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from openplace.storage.distributed.keys import ONLINE
 from tests.conftest import auth, mint_token
 from tests.services import RedisServer
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, START, TIMEOUT, rgb
+from tests.test_browser import (
+    CANVAS_SHOWS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MODEL_SHOWS,
+    SHOTS,
+    START,
+    TIMEOUT,
+    rgb,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -134,24 +143,8 @@ async def wait_live(page: Page) -> None:
 
 async def wait_pixel(page: Page, x: int, y: int, color: int, timeout: float = TIMEOUT) -> None:
     """Until the page's model and the pixels on its canvas show ``color`` at (x, y)."""
-    await page.wait_for_function(
-        "([x, y, c]) => window.openplace.getPixel(x, y) === c",
-        arg=[x, y, color],
-        timeout=timeout * 1000,
-    )
-    await page.wait_for_function(
-        """([x, y, rgb]) => {
-            const c = document.getElementById("board");
-            const r = c.getBoundingClientRect();
-            const p = window.openplace.clientOf(x, y);
-            const d = devicePixelRatio;
-            const px = c.getContext("2d").getImageData(
-                Math.floor((p.x - r.left) * d), Math.floor((p.y - r.top) * d), 1, 1).data;
-            return px[0] === rgb[0] && px[1] === rgb[1] && px[2] === rgb[2];
-        }""",
-        arg=[x, y, rgb(color)],
-        timeout=timeout * 1000,
-    )
+    await page.wait_for_function(MODEL_SHOWS, arg=[x, y, color], timeout=timeout * 1000)
+    await page.wait_for_function(CANVAS_SHOWS, arg=[x, y, rgb(color)], timeout=timeout * 1000)
 
 
 async def page_board(page: Page) -> list[int]:

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from openplace.core.board import Board, Geometry
 from openplace.core.wire import decode_frame
 from tests.conftest import auth, mint_token
-from tests.services import RedisServer
+from tests.services import RedisServer, free_port
 
 W, H = 100, 80
 
@@ -63,6 +63,38 @@ async def wait_for(cond: Any, timeout: float = 10) -> None:
 
 def nibble(board: bytes, index: int) -> int:
     return board[index // 2] >> 4 if index % 2 == 0 else board[index // 2] & 15
+
+
+async def keep_placing(
+    c: httpx.AsyncClient,
+    urls: list[str],
+    k: int,
+    stop: asyncio.Event,
+    acked: dict[int, tuple[int, int]],
+) -> None:
+    """Place pixels through ``urls`` in turn until ``stop``; record each acknowledged one
+    in ``acked`` (seq -> (index, colour)). Refusals and errors are expected in faults."""
+    n = 0
+    while not stop.is_set():
+        x, y, color = (k * 7 + n) % W, (k * 3 + n) // W % H, (k + n) % 16
+        try:
+            r = await place(c, urls[n % len(urls)], mint_token(), x, y, color)
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 200:
+            acked[r.json()["seq"]] = (y * W + x, color)
+        n += 1
+        await asyncio.sleep(0.005)
+
+
+def log_holding(rows: Any, acked: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """The placement log as seq -> (index, colour), checked gapless and holding every
+    acknowledged placement under its seq."""
+    log = {r[0]: (r[1], r[2]) for r in rows}
+    assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
+    for seq, item in acked.items():
+        assert log[seq] == item
+    return log
 
 
 async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster: Any) -> None:
@@ -156,21 +188,9 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
     task = asyncio.create_task(listener.run(0, stop))
 
     async with httpx.AsyncClient(timeout=20) as c:
-
-        async def writer(k: int) -> None:
-            n = 0
-            while not stop.is_set():
-                x, y = (k * 7 + n) % W, (k * 3 + n) // W % H
-                try:
-                    r = await place(c, api1 if n % 2 else api2, mint_token(), x, y, (k + n) % 16)
-                except httpx.HTTPError:
-                    r = None
-                if r is not None and r.status_code == 200:
-                    acked[r.json()["seq"]] = (y * W + x, (k + n) % 16)
-                n += 1
-                await asyncio.sleep(0.005)
-
-        writers = [asyncio.create_task(writer(k)) for k in range(4)]
+        writers = [
+            asyncio.create_task(keep_placing(c, [api2, api1], k, stop, acked)) for k in range(4)
+        ]
         await wait_for(lambda: len(acked) >= 40)
         redis_server.kill()
         await asyncio.sleep(0.5)
@@ -184,10 +204,7 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
         conn = await asyncpg.connect(cluster.db_url)
         rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
         await conn.close()
-        log = {r[0]: (r[1], r[2]) for r in rows}
-        assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
-        for seq, item in acked.items():
-            assert log[seq] == item
+        log = log_holding(rows, acked)
         # The restored board equals the log replayed, and the sequence continued.
         board = Board(Geometry(W, H))
         for seq in sorted(log):
@@ -215,7 +232,6 @@ async def test_resume_from_postgresql_when_the_stream_was_trimmed(
     import redis.asyncio as aioredis
 
     from openplace.storage.distributed import keys
-    from tests.services import free_port
 
     api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
     async with httpx.AsyncClient(timeout=20) as c:
@@ -283,22 +299,8 @@ async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluste
     stop = asyncio.Event()
 
     async with httpx.AsyncClient(timeout=20) as c:
-
-        async def writer(k: int, url: str) -> None:
-            n = 0
-            while not stop.is_set():
-                x, y = (k * 11 + n) % W, (k * 5 + n) // W % H
-                try:
-                    r = await place(c, url, mint_token(), x, y, (k + n) % 16)
-                except httpx.HTTPError:
-                    r = None
-                if r is not None and r.status_code == 200:
-                    acked[r.json()["seq"]] = (y * W + x, (k + n) % 16)
-                n += 1
-                await asyncio.sleep(0.005)
-
-        writers = [asyncio.create_task(writer(k, api1)) for k in range(3)]
-        writers.append(asyncio.create_task(writer(9, api2)))
+        writers = [asyncio.create_task(keep_placing(c, [api1], k, stop, acked)) for k in range(3)]
+        writers.append(asyncio.create_task(keep_placing(c, [api2], 9, stop, acked)))
         await wait_for(lambda: len(acked) >= 30)
         cluster.kill("persister")  # SIGKILL mid-batch
         await asyncio.sleep(0.3)
@@ -318,10 +320,7 @@ async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluste
             break
         await asyncio.sleep(0.05)
     await conn.close()
-    log = {r[0]: (r[1], r[2]) for r in rows}
-    assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
-    for seq, item in acked.items():
-        assert log[seq] == item
+    log_holding(rows, acked)
 
 
 async def test_postgresql_outage_confirms_late_and_loses_nothing(redis_server: RedisServer) -> None:
