@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -317,27 +318,68 @@ def redis_ceiling(duration_requests: int = 200_000) -> dict[str, Any]:
 # -- restore and restart --------------------------------------------------------------
 
 
-def synth_placements(n: int, pixels: int, seed: int = 1) -> tuple[Any, Any]:
-    import numpy as np
+GEOMETRY_1000 = (1000, 1000)
+BATCH = 100_000
 
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, pixels, n, dtype=np.int64), rng.integers(0, 16, n, dtype=np.int64)
+
+@dataclass
+class SynthHistory:
+    """``n`` random placements on a 1000 x 1000 board, and the board snapshot a store
+    would hold after them (one every 100,000 placements, so the tail is < 100,000)."""
+
+    n: int
+    idx: Any
+    col: Any
+    snapshot_at: int
+    snapshot: bytes
+
+    @classmethod
+    def make(cls, n: int, seed: int = 1) -> SynthHistory:
+        import numpy as np
+
+        from openplace.core.board import Board, Geometry, apply_arrays
+
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, 1_000_000, n, dtype=np.int64)
+        col = rng.integers(0, 16, n, dtype=np.int64)
+        snapshot_at = n - (n % BATCH or BATCH) if n > BATCH else 0
+        board = Board(Geometry(*GEOMETRY_1000))
+        apply_arrays(board.data, idx[:snapshot_at], col[:snapshot_at])
+        return cls(n, idx, col, snapshot_at, board.snapshot())
+
+    def batches(self, ts: object) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+        """``(placed so far, rows)``: log rows ``(seq, idx, color, user, ts)`` in batches."""
+        for start in range(0, self.n, BATCH):
+            stop = min(self.n, start + BATCH)
+            rows = [
+                (s + 1, int(self.idx[s]), int(self.col[s]), f"u{s % 5000}", ts)
+                for s in range(start, stop)
+            ]
+            yield stop, rows
+
+    def board(self) -> bytes:
+        """The board after every placement."""
+        from openplace.core.board import Board, Geometry, apply_arrays
+
+        board = Board(Geometry(*GEOMETRY_1000))
+        apply_arrays(board.data, self.idx, self.col)
+        return board.snapshot()
 
 
 def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str, Any]:
-    """PostgreSQL with ``n`` placements (log, pixels, users, snapshots as the persister
-    leaves them); time a cold persister start and the Redis restore itself."""
+    """PostgreSQL with ``n`` placements (the log and the snapshots the persister keeps);
+    time a cold persister start and the Redis restore itself."""
+    from datetime import UTC, datetime
+
     import asyncpg
-    import numpy as np
+    import redis.asyncio as aioredis
     from tests.services import RedisServer
 
-    from openplace.core.board import Board, Geometry, apply_arrays
+    from openplace.core.board import Geometry
     from openplace.storage.distributed.persister import Persister
     from openplace.storage.distributed.schema import migrate, set_meta
 
-    geometry = Geometry(1000, 1000)
-    idx, col = synth_placements(n, geometry.pixels)
-    snapshot_at = n - (n % 100_000 or 100_000) if n > 100_000 else 0
+    history = SynthHistory.make(n)
 
     async def fill() -> str:
         url = await postgres.new_database()
@@ -345,100 +387,61 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
         await migrate(conn)
         await set_meta(conn, "board_uid", "bench")
         await set_meta(conn, "size", "1000x1000")
-        from datetime import UTC, datetime
-
-        now = datetime.now(UTC)
-        step = 100_000
-        for start in range(0, n, step):
-            rows = [
-                (s + 1, int(i), int(c), f"u{s % 5000}", now)
-                for s, i, c in zip(
-                    range(start, min(n, start + step)),
-                    idx[start : start + step],
-                    col[start : start + step],
-                    strict=True,
-                )
-            ]
+        for done, rows in history.batches(datetime.now(UTC)):
             await conn.copy_records_to_table("placements", records=rows)
-            say(f"restore: wrote {min(n, start + step):,} / {n:,} placements to PostgreSQL")
-        if snapshot_at:
-            board = Board(geometry)
-            apply_arrays(board.data, idx[:snapshot_at], col[:snapshot_at])
+            say(f"restore: wrote {done:,} / {n:,} placements to PostgreSQL")
+        if history.snapshot_at:
             await conn.execute(
-                "INSERT INTO snapshots VALUES ($1, $2)", snapshot_at, board.snapshot()
+                "INSERT INTO snapshots VALUES ($1, $2)", history.snapshot_at, history.snapshot
             )
         await conn.close()
         return url
 
     url = asyncio.run(fill())
     redis = RedisServer().start()
+
+    async def measure() -> dict[str, Any]:
+        p = Persister(redis.url, url, Geometry(*GEOMETRY_1000), 300)
+        t0 = time.perf_counter()
+        await p.connect()
+        t1 = time.perf_counter()
+        took = await p.restore()
+        t2 = time.perf_counter()
+        r = aioredis.from_url(redis.url)
+        same = (await r.get("op:board")) == history.board()
+        await r.aclose()
+        await p.close()
+        return {
+            "load_s": t1 - t0,
+            "restore_s": took,
+            "cold_total_s": t2 - t0,
+            "board_matches": same,
+            "tail": n - history.snapshot_at,
+        }
+
     try:
-
-        async def measure() -> dict[str, Any]:
-            p = Persister(redis.url, url, geometry, 300)
-            t0 = time.perf_counter()
-            await p.connect()
-            t1 = time.perf_counter()
-            took = await p.restore()
-            t2 = time.perf_counter()
-            expected = Board(geometry)
-            apply_arrays(expected.data, idx, col)
-            import redis.asyncio as aioredis
-
-            r = aioredis.from_url(redis.url)
-            same = (await r.get("op:board")) == expected.snapshot()
-            await r.aclose()
-            await p.close()
-            return {
-                "load_s": t1 - t0,
-                "restore_s": took,
-                "cold_total_s": t2 - t0,
-                "board_matches": same,
-                "tail": n - snapshot_at,
-            }
-
         return asyncio.run(measure())
     finally:
         redis.stop()
-        _ = np
 
 
 def restart_embedded(n: int, say: Say) -> dict[str, Any]:
     """An embedded data dir with ``n`` placements; time until ``openplace serve`` answers."""
     import sqlite3
 
-    from openplace.core.board import Board, Geometry, apply_arrays
-
-    geometry = Geometry(1000, 1000)
-    idx, col = synth_placements(n, geometry.pixels)
-    data_dir = Path(tempfile.mkdtemp(prefix="op-bench-restart-"))
-    db = sqlite3.connect(data_dir / "openplace.sqlite3")
     from openplace.storage.embedded import SCHEMA
 
+    history = SynthHistory.make(n)
+    data_dir = Path(tempfile.mkdtemp(prefix="op-bench-restart-"))
+    db = sqlite3.connect(data_dir / "openplace.sqlite3")
     db.executescript(SCHEMA)
     db.executemany("INSERT INTO meta VALUES (?, ?)", [("board_id", "bench"), ("size", "1000x1000")])
-    now = time.time()
-    step = 100_000
-    for start in range(0, n, step):
-        db.executemany(
-            "INSERT INTO placements VALUES (?, ?, ?, ?, ?)",
-            (
-                (s + 1, int(i), int(c), f"u{s % 5000}", now)
-                for s, i, c in zip(
-                    range(start, min(n, start + step)),
-                    idx[start : start + step],
-                    col[start : start + step],
-                    strict=True,
-                )
-            ),
-        )
+    for done, rows in history.batches(time.time()):
+        db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
         db.commit()
-        say(f"restart: wrote {min(n, start + step):,} / {n:,} placements to SQLite")
-    snapshot_at = n - (n % 100_000 or 100_000) if n > 100_000 else 0
-    if snapshot_at:
-        board = Board(geometry)
-        apply_arrays(board.data, idx[:snapshot_at], col[:snapshot_at])
-        db.execute("INSERT INTO snapshots VALUES (?, ?)", (snapshot_at, board.snapshot()))
+        say(f"restart: wrote {done:,} / {n:,} placements to SQLite")
+    if history.snapshot_at:
+        db.execute("INSERT INTO snapshots VALUES (?, ?)", (history.snapshot_at, history.snapshot))
         db.commit()
     db.close()
     t0 = time.perf_counter()
@@ -446,7 +449,7 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
     took = time.perf_counter() - t0
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
-    return {"restart_s": took, "tail": n - snapshot_at}
+    return {"restart_s": took, "tail": n - history.snapshot_at}
 
 
 # -- catch-up -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ SEQ = PREFIX + "seq"  # last assigned seq
 EPOCH = PREFIX + "epoch"  # set by the persister once Redis holds a restored board
 COMMITTED = PREFIX + "committed"  # last seq committed to PostgreSQL
 STREAM = PREFIX + "stream"  # entry id "<seq>-0", field d = "index color user ts_ms"
-FEED = PREFIX + "feed"  # pub/sub: committed runs, see FeedMessage
+FEED = PREFIX + "feed"  # pub/sub: committed runs, see encode_feed
 ONLINE = PREFIX + "online"  # hash: realtime process id -> "count expires_ms"
 RESTORE_REQUEST = PREFIX + "restore-request"
 COOLDOWN = PREFIX + "cd:"  # + user id -> ts_ms of last placement, expires with the cooldown
