@@ -22,9 +22,3 @@ PALETTE: tuple[str, ...] = (
 )
 
 assert len(PALETTE) == 16
-
-
-def rgb(color: int) -> tuple[int, int, int]:
-    """The (r, g, b) of a palette index."""
-    h = PALETTE[color]
-    return int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)

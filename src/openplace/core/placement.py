@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openplace.core.wire import encode_record
-
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -16,9 +14,6 @@ class Placement:
     color: int
     user_id: str
     ts: float  # unix seconds
-
-    def record(self) -> bytes:
-        return encode_record(self.index, self.color)
 
 
 @dataclass(frozen=True, slots=True)

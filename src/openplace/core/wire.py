@@ -59,11 +59,6 @@ def decode_frame(frame: bytes) -> tuple[int, list[tuple[int, int]]]:
     return first_seq, items
 
 
-def frame_count(frame: bytes) -> int:
-    """How many placements a batch frame carries."""
-    return (len(frame) - HEADER_SIZE) // RECORD_SIZE
-
-
 def control(kind: str, **fields: Any) -> str:
     """A JSON control message, e.g. ``control("resync", head=42)``."""
     return orjson.dumps({"type": kind, **fields}).decode()

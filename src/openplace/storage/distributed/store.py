@@ -60,6 +60,13 @@ async def close_quietly(closing: Awaitable[object], timeout: float = 2.0) -> Non
         log.warning("closing a connection failed: %s", exc)
 
 
+def _fail(batch: list[_Request], message: str, *, maybe_placed: bool = False) -> None:
+    """Fail every request of a batch (each with its own exception)."""
+    for *_, future in batch:
+        if not future.done():
+            future.set_exception(StoreUnavailable(message, maybe_placed=maybe_placed))
+
+
 class DistributedStore:
     """:class:`~openplace.storage.base.Store` on Redis + PostgreSQL."""
 
@@ -145,14 +152,10 @@ class DistributedStore:
         except (RedisError, OSError) as exc:
             # A timeout means the script may have run; a refused connection that it did not.
             maybe = isinstance(exc, RedisTimeoutError | TimeoutError)
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable(f"redis: {exc}", maybe_placed=maybe))
+            _fail(batch, f"redis: {exc}", maybe_placed=maybe)
             return
         if result[0] == -1:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable("the board is being restored"))
+            _fail(batch, "the board is being restored")
             return
         board_id, now_ms = result[0].decode(), int(result[1])
         now = time.time()
