@@ -3,14 +3,17 @@ binaries; tests never touch a server they did not start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 from openplace.cluster import free_port
@@ -51,6 +54,16 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, holding its connections and data."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -73,6 +86,7 @@ class PostgresServer:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="op-pg-"))
         self._dbs = 0
+        self._paused: list[psutil.Process] = []
 
     def _run(self, *args: str) -> None:
         cmd = list(args)
@@ -116,7 +130,26 @@ class PostgresServer:
     def start_again(self) -> None:
         self._pg_ctl_start()
 
+    def pause(self) -> None:
+        """SIGSTOP the postmaster, then every backend and helper it runs: the whole
+        server hangs, its connections stay open. :meth:`resume` continues it."""
+        pid = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        main = psutil.Process(pid)
+        main.suspend()  # first, so that it forks nothing while its children are stopped
+        self._paused = [main]
+        for child in main.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.suspend()
+                self._paused.append(child)
+
+    def resume(self) -> None:
+        for proc in reversed(self._paused):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+        self._paused = []
+
     def stop(self) -> None:
+        self.resume()
         try:
             self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
         finally:

@@ -75,6 +75,7 @@ class Cluster:
     settings: Settings
     api: int = 2
     realtime: int = 2
+    standby: int = 0  # extra persisters (persister2, ...) that stand by for the active one
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -82,6 +83,7 @@ class Cluster:
     realtime_ports: list[int] = field(default_factory=list)
     run_dir: Path | None = None
     failed: bool = False
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -90,15 +92,18 @@ class Cluster:
     def _spawn(self, name: str, *args: str) -> None:
         env = {**os.environ, **self.env}
         assert self.run_dir is not None
-        log = open(self.run_dir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "openplace.cli", *args], env=env, stdout=log, stderr=log
-        )
+        self.commands[name] = args
+        with open(self.run_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "openplace.cli", *args], env=env, stdout=log, stderr=log
+            )
 
     def start(self, timeout: float = 30.0) -> Cluster:
         self.run_dir = Path(tempfile.mkdtemp(prefix="openplace-cluster-"))
         self.port = self.port or free_port()
         self._spawn("persister", "persister")
+        for i in range(self.standby):
+            self._spawn(f"persister{i + 2}", "persister")
         for i in range(self.api):
             port = free_port()
             self.api_ports.append(port)
@@ -159,6 +164,13 @@ class Cluster:
         """Kill one process at once (fault tests)."""
         self.procs[name].kill()
         self.procs[name].wait()
+
+    def restart(self, name: str) -> None:
+        """Start process ``name`` again with its arguments and port (killing it first if it
+        still runs); its log continues in the same file. Not for nginx."""
+        if self.procs[name].poll() is None:
+            self.kill(name)
+        self._spawn(name, *self.commands[name])
 
     def __enter__(self) -> Cluster:
         try:
