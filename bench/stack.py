@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 from tests.services import PostgresServer, RedisServer, free_port
@@ -31,12 +33,15 @@ def base_env(**extra: object) -> dict[str, str]:
 
 @dataclass
 class Embedded:
-    """``openplace serve`` in a subprocess, on a fresh (or given) data dir."""
+    """``openplace serve`` in a subprocess, on a given data dir or a fresh temporary one
+    (removed again by :meth:`stop`)."""
 
     data_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    _own_dir: bool = field(default=False, repr=False)
+    _log: BinaryIO | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -51,25 +56,26 @@ class Embedded:
         return [self.url]
 
     def start(self) -> Embedded:
-        self.data_dir = self.data_dir or Path(tempfile.mkdtemp(prefix="op-bench-"))
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="op-bench-"))
+            self._own_dir = True
         self.port = free_port()
         env = {**os.environ, **base_env(), **self.env, "OPENPLACE_DATA_DIR": str(self.data_dir)}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "openplace.cli",
-                "--log-level",
-                "WARNING",
-                "serve",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.data_dir / "server.log", "ab"),  # noqa: SIM115  # noqa: SIM115
-        )
-        wait_http(self.url + "/healthz", 120)
+        self._log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - closed in stop
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "openplace.cli", "--log-level", "WARNING",
+                 "serve", "--port", str(self.port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=self._log,
+            )  # fmt: skip
+            wait_http(self.url + "/healthz", 120)
+        except BaseException as exc:
+            self._own_dir = False  # keep the server's log: the error names it
+            self.stop()
+            if isinstance(exc, Exception):
+                log = self.data_dir / "server.log"
+                raise RuntimeError(f"openplace serve did not start; see {log}") from exc
+            raise
         return self
 
     def pids(self) -> list[int]:
@@ -79,10 +85,22 @@ class Embedded:
         return self.pids()
 
     def stop(self) -> None:
+        """Stop the server; remove the data dir if :meth:`start` made it."""
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._own_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+            self._own_dir = False
 
 
 @dataclass
@@ -109,7 +127,11 @@ class Distributed:
         self.cluster = Cluster(
             Settings.from_env(env), api=self.api, realtime=self.realtime, env=env
         )
-        self.cluster.start(timeout=120)
+        try:
+            self.cluster.start(timeout=120)
+        except BaseException:
+            self.redis.stop()
+            raise
         return self
 
     @property
@@ -131,8 +153,10 @@ class Distributed:
         return [p.pid for n, p in self.cluster.procs.items() if n.startswith("realtime")]
 
     def stop(self) -> None:
-        self.cluster.stop()
-        self.redis.stop()
+        try:
+            self.cluster.stop()
+        finally:
+            self.redis.stop()
 
 
 def rss(pids: list[int]) -> int:
