@@ -17,6 +17,8 @@ from openplace.cli import uvicorn_config
 from openplace.config import Settings
 from tests.services import PostgresServer, RedisServer, free_port
 
+pytest_plugins = ["tests.leftovers"]  # the run leaves no folders or processes behind
+
 
 class LiveServer:
     """An embedded openplace server running in the test's event loop."""
