@@ -38,6 +38,7 @@ from openplace.realtime.endpoint import websocket_endpoint
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 from openplace.storage.embedded import EmbeddedStore
+from openplace.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 ALL_ROLES = frozenset({"api", "realtime", "web"})
@@ -107,7 +108,9 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(PlaceFastPath)] if "api" in roles else [],
+        # Security headers outermost: every response gets them, placements included.
+        middleware=[Middleware(SecurityHeaders)]
+        + ([Middleware(PlaceFastPath)] if "api" in roles else []),
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,

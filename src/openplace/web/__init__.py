@@ -1,0 +1,1 @@
+"""The web page (``static/``) and the headers it is served with."""
