@@ -388,7 +388,9 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
         await set_meta(conn, "board_uid", "bench")
         await set_meta(conn, "size", "1000x1000")
         for done, rows in history.batches(datetime.now(UTC)):
-            await conn.copy_records_to_table("placements", records=rows)
+            await conn.copy_records_to_table(
+                "placements", records=rows, columns=["seq", "idx", "color", "user_id", "ts"]
+            )
             say(f"restore: wrote {done:,} / {n:,} placements to PostgreSQL")
         if history.snapshot_at:
             await conn.execute(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from openplace.core.board import Board, Geometry
+from openplace.core.placement import Placement, StoreUnavailable
 from openplace.core.wire import decode_frame
 from tests.conftest import auth, mint_token
-from tests.services import RedisServer, free_port
+from tests.services import PostgresServer, RedisServer, free_port
 
 W, H = 100, 80
 
@@ -224,6 +230,164 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
         stop2.set()
         await t2
         assert fresh.placements == {len(log) + 1: (0, 15)}
+
+
+async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
+    postgres: PostgresServer, redis_server: RedisServer
+) -> None:
+    """The defect of issue 7, step by step in one process: store 1 holds placements that
+    Redis accepted but nobody committed; Redis dies and is restored at head 3; store 2's
+    placements are committed as seqs 4..8; only then does store 1's feed look. Store 1
+    must not answer its placements with those seqs."""
+    from openplace.storage.distributed.persister import Persister
+    from openplace.storage.distributed.store import DistributedStore
+
+    db = await postgres.new_database()
+    geometry = Geometry(W, H)
+    persister = Persister(redis_server.url, db, geometry, 0)
+    assert await persister.connect()
+    stop = asyncio.Event()
+    running = asyncio.create_task(persister.run(stop))
+    s1 = DistributedStore(redis_server.url, db, geometry, 0, ack_timeout=30)
+    s2 = DistributedStore(redis_server.url, db, geometry, 0, ack_timeout=30)
+    await s1.open()
+    await s2.open()
+    feed1 = s1.feed
+    assert feed1 is not None and feed1._task is not None
+    feed1._task.cancel()  # store 1's feed looks only when told to (refresh)
+    try:
+        for k in range(3):
+            await s2.place(f"early{k}", k, 1)
+        stop.set()
+        await running  # nothing more is committed
+        held = [asyncio.create_task(s1.place(f"held{k}", W + k, 5)) for k in range(5)]
+        r = aioredis.from_url(redis_server.url)
+        async with asyncio.timeout(10):
+            while int(await r.get("op:seq") or 0) < 8:
+                await asyncio.sleep(0.01)
+        await r.aclose()
+        redis_server.kill()
+        redis_server.start()  # empty
+        stop = asyncio.Event()
+        running = asyncio.create_task(persister.run(stop))  # restores at head 3
+        newer = []
+        async with asyncio.timeout(20):
+            while len(newer) < 5:
+                try:
+                    newer.append(await s2.place(f"new{len(newer)}", 2 * W + len(newer), 9))
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
+        assert [p.seq for p in newer] == [4, 5, 6, 7, 8]
+        board = feed1.board_id
+        async with asyncio.timeout(10):
+            while feed1.board_id == board:  # the late look
+                await feed1.refresh()
+                await asyncio.sleep(0.05)
+        answers = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 20)
+    finally:
+        stop.set()
+        await running
+        await s1.close()
+        await s2.close()
+        await persister.close()
+    conn = await asyncpg.connect(db)
+    log = {r[0]: (r[1], r[2]) for r in await conn.fetch("SELECT seq, idx, color FROM placements")}
+    await conn.close()
+    for k, answer in enumerate(answers):
+        assert not isinstance(answer, Placement), (
+            f"held placement {k} acknowledged as seq {answer.seq}; "
+            f"the log holds {log.get(answer.seq)} there"
+        )
+        assert isinstance(answer, StoreUnavailable) and not answer.maybe_placed, answer
+
+
+@pytest.fixture
+async def patient_cluster(
+    postgres: PostgresServer, redis_server: RedisServer
+) -> AsyncIterator[Any]:
+    """A cluster whose API processes wait 30 s for a placement to be confirmed."""
+    from openplace.cluster import Cluster
+    from openplace.config import Settings
+    from tests.conftest import cluster_env
+
+    db = await postgres.new_database()
+    env = cluster_env(redis_server.url, db, OPENPLACE_ACK_TIMEOUT_SECONDS="30")
+    c = Cluster(Settings.from_env(env), api=2, realtime=1, env=env)
+    await asyncio.to_thread(c.start)
+    c.db_url = db  # type: ignore[attr-defined]
+    yield c
+    await asyncio.to_thread(c.stop)
+
+
+async def test_placements_held_uncommitted_through_a_redis_crash_are_not_confirmed(
+    patient_cluster: Any, redis_server: RedisServer
+) -> None:
+    """Issue 7's defect, made deterministic: placements accepted by Redis but not yet
+    committed die with Redis; the board is restored at head H and other placements
+    take seqs H+1.. before the first API process's feed notices the restore. The held
+    placements must not be confirmed by those seqs: each is answered 503, and every
+    200 (on either process) is that very placement in PostgreSQL's log."""
+    cluster = patient_cluster
+    api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
+    persister, api1_proc = cluster.procs["persister"], cluster.procs["api1"]
+    async with httpx.AsyncClient(timeout=30) as c:
+        before = [await place(c, api1, mint_token(), k, 0, 1) for k in range(3)]
+        assert [r.status_code for r in before] == [200, 200, 200]
+        head = max(r.json()["seq"] for r in before)
+
+        os.kill(persister.pid, signal.SIGSTOP)  # accepted, never committed
+        await asyncio.sleep(0.3)  # its blocking XREAD (100 ms) has been answered
+        try:
+            held = [asyncio.create_task(place(c, api1, mint_token(), 10 + k, 1, 5))
+                    for k in range(5)]  # fmt: skip
+            r = aioredis.from_url(redis_server.url)
+            async with asyncio.timeout(10):
+                while int(await r.get("op:seq") or 0) < head + 5:
+                    await asyncio.sleep(0.02)
+            await r.aclose()
+            os.kill(api1_proc.pid, signal.SIGSTOP)  # its feed will notice the restore late
+            redis_server.kill()
+            redis_server.start()  # empty
+        finally:
+            os.kill(persister.pid, signal.SIGCONT)
+        try:
+            # The persister restores at `head`; api2's placements take head+1...
+            newer: dict[int, int] = {}  # seq -> x
+            async with asyncio.timeout(30):
+                x = 30
+                while len(newer) < 5:
+                    resp = await place(c, api2, mint_token(), x, 2, 9)
+                    if resp.status_code == 200:
+                        newer[resp.json()["seq"]] = x
+                    else:
+                        await asyncio.sleep(0.05)
+                    x += 1
+        finally:
+            os.kill(api1_proc.pid, signal.SIGCONT)
+        answers = await asyncio.gather(*held)
+
+    conn = await asyncpg.connect(cluster.db_url)
+    rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
+    await conn.close()
+    log = {r[0]: (r[1], r[2]) for r in rows}
+    assert sorted(log) == list(range(1, len(log) + 1)), "log must stay gapless"
+    # Held placements: 200 exactly when the log holds that very placement under the seq
+    # answered; otherwise 503, nothing changed. The persister was stopped, so none is.
+    for k, resp in enumerate(answers):
+        body, mine = resp.json(), (W + 10 + k, 5)
+        if resp.status_code == 200:
+            assert log.get(body["seq"]) == mine, (
+                f"acknowledged seq {body['seq']} for ({10 + k}, 1) colour 5, "
+                f"but the log holds {log.get(body['seq'])} there"
+            )
+        else:
+            assert (resp.status_code, body["error"]) == (503, "unavailable"), body
+            assert mine not in log.values()
+    assert [r.status_code for r in answers] == [503] * 5
+    # The new board continued from the restored head; its placements are the log's.
+    assert sorted(newer) == list(range(head + 1, head + 6))
+    for seq, x in newer.items():
+        assert log[seq] == (2 * W + x, 9)
 
 
 async def test_resume_from_postgresql_when_the_stream_was_trimmed(

@@ -41,7 +41,10 @@ class Store(Protocol):
 class Feed(Protocol):
     """Committed placements, in seq order, for the realtime fan-out."""
 
-    board_id: str
+    @property
+    def board_id(self) -> str:
+        """The board the placements belong to; a new one after a restore."""
+        ...
 
     async def head(self) -> int:
         """Seq of the newest committed placement (0 if none)."""

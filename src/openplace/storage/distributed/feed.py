@@ -4,7 +4,8 @@ The persister publishes every committed run on ``op:feed``. :class:`RedisFeed`
 subscribes once, delivers runs contiguously and in order (filling any gap from the
 Redis stream, or from PostgreSQL when the stream has been trimmed), polls the
 committed watermark while idle in case a message was lost, and reports a new epoch
-(a restored board) as a reset.
+(a restored board) as a reset. What each event means is decided by
+:class:`~.acks.FeedCursor`; this module only does the reading.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from openplace.core.history import TooOld
 from openplace.core.wire import RECORD_SIZE, encode_record
 from openplace.storage.base import Listener, ResetListener
 from openplace.storage.distributed import keys
+from openplace.storage.distributed.acks import (
+    BoardId,
+    CatchUp,
+    FeedCursor,
+    FeedStep,
+    Fetch,
+    Reset,
+    Take,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +41,11 @@ class RedisFeed:
     def __init__(
         self, redis: aioredis.Redis | None, pg: asyncpg.Pool | None, *, poll: float = 0.25
     ) -> None:
-        self.redis: aioredis.Redis = redis  # set by open() when None
-        self.pg: asyncpg.Pool = pg
+        self._redis = redis
+        self._pg = pg
         self.poll = poll
         self._urls: tuple[str, str] | None = None  # set: open() connects, close() closes
-        self.board_id = ""
-        self.epoch = 0
-        self.last = 0  # last seq delivered
+        self._cursor: FeedCursor | None = None
         self._listeners: list[tuple[Listener, ResetListener]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -48,24 +56,48 @@ class RedisFeed:
         feed._urls = (redis_url, database_url)
         return feed
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "feed not open"
+        return self._redis
+
+    @property
+    def pg(self) -> asyncpg.Pool:
+        assert self._pg is not None, "feed not open"
+        return self._pg
+
+    @property
+    def board(self) -> BoardId:
+        """The board this process follows."""
+        assert self._cursor is not None, "feed not open"
+        return self._cursor.board
+
+    @property
+    def board_id(self) -> str:
+        return str(self._cursor.board) if self._cursor is not None else ""
+
+    @property
+    def last(self) -> int:
+        """Seq of the newest committed placement delivered."""
+        return self._cursor.last if self._cursor is not None else 0
+
     async def open(self, timeout: float = 30.0) -> None:
         """Wait until Redis holds a restored board, then follow the feed."""
         if self._urls is not None:
             from openplace.storage.distributed.store import connect
 
-            self.redis, self.pg = await connect(*self._urls)
+            self._redis, self._pg = await connect(*self._urls)
         async with asyncio.timeout(timeout):
             while True:
                 try:
-                    epoch, committed = await self.redis.mget(keys.EPOCH, keys.COMMITTED)
+                    board, committed = await self._watermark()
                 except (RedisError, OSError) as exc:
                     log.warning("waiting for redis: %s", exc)
-                    epoch = None
-                if epoch is not None:
+                    board = None
+                if board is not None:
                     break
                 await asyncio.sleep(0.1)
-        self._set_epoch(epoch.decode())
-        self.last = int(committed or 0)
+        self._cursor = FeedCursor(board, committed)
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -76,12 +108,10 @@ class RedisFeed:
         if self._urls is not None:
             from openplace.storage.distributed.store import close_quietly
 
-            await close_quietly(self.redis.aclose())
-            await close_quietly(self.pg.close())
-
-    def _set_epoch(self, board_id: str) -> None:
-        self.board_id = board_id
-        self.epoch = int(board_id.rsplit(".", 1)[1])
+            if self._redis is not None:
+                await close_quietly(self._redis.aclose())
+            if self._pg is not None:
+                await close_quietly(self._pg.close())
 
     # -- Feed ----------------------------------------------------------------------
 
@@ -143,45 +173,48 @@ class RedisFeed:
                 log.exception("feed failed; resubscribing")
                 await asyncio.sleep(0.5)
 
+    async def _watermark(self) -> tuple[BoardId | None, int]:
+        """The board id and its committed seq, read in one step."""
+        raw_board, committed = await self.redis.mget(keys.EPOCH, keys.COMMITTED)
+        board = BoardId.parse(raw_board) if raw_board is not None else None
+        return board, int(committed or 0)
+
     async def _on_message(self, data: bytes) -> None:
+        assert self._cursor is not None
         epoch, first, records = keys.decode_feed(data)
-        if epoch != self.epoch:
-            await self._catch_up()
-            return
-        await self._deliver(first, records)
+        await self._apply(self._cursor.on_announcement(epoch, first, len(records) // RECORD_SIZE),
+                          first, records)  # fmt: skip
 
     async def _catch_up(self) -> None:
-        raw_epoch, committed = await self.redis.mget(keys.EPOCH, keys.COMMITTED)
-        if raw_epoch is None:
-            return  # being restored
-        board_id = raw_epoch.decode()
-        committed = int(committed or 0)
-        if board_id != self.board_id:
-            log.info("board restored as %s at seq %d", board_id, committed)
-            self._set_epoch(board_id)
-            self.last = committed
-            for _, on_reset in list(self._listeners):
-                on_reset(board_id, committed)
-            return
-        if committed > self.last:
-            await self._deliver(self.last + 1, await self.records(self.last, committed))
+        assert self._cursor is not None
+        board, committed = await self._watermark()
+        await self._apply(self._cursor.on_watermark(board, committed), 0, b"")
 
-    async def _deliver(self, first: int, records: bytes) -> None:
-        last = first + len(records) // RECORD_SIZE - 1
-        if last <= self.last:
-            return
-        if first > self.last + 1:  # a message went missing: fetch what it carried
-            missing = await self.records(self.last, first - 1)
-            self._emit(self.last + 1, missing)
-        elif first <= self.last:
-            records = records[(self.last + 1 - first) * RECORD_SIZE :]
-            first = self.last + 1
-        self._emit(first, records)
+    async def _apply(self, steps: list[FeedStep], first: int, records: bytes) -> None:
+        """Carry out the cursor's decisions (``first``/``records``: the announced run)."""
+        cursor = self._cursor
+        assert cursor is not None
+        for step in steps:
+            if isinstance(step, Fetch):
+                self._emit(step.after + 1, await self.records(step.after, step.upto))
+            elif isinstance(step, Take):
+                self._emit(first + step.skip, records[step.skip * RECORD_SIZE :])
+            elif isinstance(step, CatchUp):
+                await self._catch_up()
+            elif isinstance(step, Reset):
+                log.info("board restored as %s at seq %d", step.board, step.head)
+                for _, on_reset in list(self._listeners):
+                    on_reset(str(step.board), step.head)
 
     def _emit(self, first: int, records: bytes) -> None:
-        if not records:
+        cursor = self._cursor
+        assert cursor is not None
+        skip = cursor.last + 1 - first  # a concurrent catch-up may have delivered some
+        count = len(records) // RECORD_SIZE - skip
+        if skip < 0 or count <= 0:
             return
-        self.last = first + len(records) // RECORD_SIZE - 1
+        first, records = first + skip, records[skip * RECORD_SIZE :]
+        cursor.delivered(first, count)
         for listener, _ in list(self._listeners):
             try:
                 listener(first, records)

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from openplace.core.board import Board, Geometry, apply_arrays
 from openplace.core.wire import encode_record
 from openplace.storage.distributed import keys
+from openplace.storage.distributed.acks import BoardId, continuing, restore_reason
 from openplace.storage.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,13 @@ class Persister:
         self._redis: aioredis.Redis | None = None
 
     @property
+    def board_id(self) -> BoardId:
+        """The board this persister commits (and Redis must hold)."""
+        return BoardId(self.uid, self.epoch)
+
+    @property
     def epoch_id(self) -> str:
-        return f"{self.uid}.{self.epoch}"
+        return str(self.board_id)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -211,12 +217,13 @@ class Persister:
         redis = self._redis
         assert redis is not None
         epoch, seq, request = await redis.mget(keys.EPOCH, keys.SEQ, keys.RESTORE_REQUEST)
-        if request is not None:
-            log.info("restore requested")
-            return True
-        if epoch is None or epoch.decode() != self.epoch_id:
-            return True
-        return int(seq or 0) < self.committed
+        board = BoardId.parse(epoch) if epoch is not None else None
+        reason = restore_reason(
+            board, self.board_id, int(seq or 0), self.committed, requested=request is not None
+        )
+        if reason is not None:
+            log.info("restoring: %s", reason)
+        return reason is not None
 
     async def _commit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
         """Commit a contiguous run read from the stream and announce it.
@@ -225,14 +232,13 @@ class Persister:
         :attr:`committed` (Redis lost entries: time to restore).
         """
         first = self.committed + 1
+        n = continuing(self.committed, [int(entry_id.split(b"-")[0]) for entry_id, _ in entries])
+        if n == 0:
+            return False
         rows = []
-        for n, (entry_id, fields) in enumerate(entries):
-            if int(entry_id.split(b"-")[0]) != first + n:
-                if n == 0:
-                    return False
-                break
+        for seq, (_, fields) in enumerate(entries[:n], start=first):
             index, color, user, ts = keys.parse_entry(fields[b"d"])
-            rows.append((first + n, index, color, user, _dt(ts)))
+            rows.append((seq, index, color, user, _dt(ts), self.epoch))
         await self._write_rows(rows)
         records = b"".join(encode_record(r[1], r[2]) for r in rows)
         self.board.apply_records(records)
@@ -249,18 +255,20 @@ class Persister:
             await self._snapshot()
         return True
 
-    async def _write_rows(self, rows: list[tuple[int, int, int, str, datetime]]) -> None:
+    async def _write_rows(self, rows: list[tuple[int, int, int, str, datetime, int]]) -> None:
         """One transaction: the log rows, then the latest state per pixel and per user."""
         pg = self._pg
         assert pg is not None
-        pixels: dict[int, tuple[int, int, int, str, datetime]] = {}
+        pixels: dict[int, tuple[int, int, int, str, datetime, int]] = {}
         users: dict[str, datetime] = {}
         for r in rows:
             pixels[r[1]] = r
             users[r[3]] = r[4]
         async with pg.transaction():
             await pg.copy_records_to_table(
-                "placements", records=rows, columns=["seq", "idx", "color", "user_id", "ts"]
+                "placements",
+                records=rows,
+                columns=["seq", "idx", "color", "user_id", "ts", "epoch"],
             )
             px = list(pixels.values())
             await pg.execute(

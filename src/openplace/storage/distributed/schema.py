@@ -25,6 +25,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE snapshots (seq BIGINT PRIMARY KEY, board BYTEA NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: the board (restore epoch) each placement was accepted under: a seq identifies a
+    # placement only together with it (see storage/distributed/acks.py).
+    """
+    ALTER TABLE placements ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # Serialises migrations between processes starting at once.

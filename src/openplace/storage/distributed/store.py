@@ -5,12 +5,20 @@ script call (per placement: cooldown check and set, seq, pixel write, stream ent
 then waits until the persister announces that its seq is committed to PostgreSQL.
 Many requests wait on one feed subscription, so durability costs no round trip of
 its own per placement, and Redis sees one call per batch, not per request.
+
+Which answer each placement gets is decided by :class:`~.acks.Acks`: a seq is
+confirmed only together with the board it was accepted under. A placement of a board
+that Redis has since lost is looked up in PostgreSQL's log, and answered 200 only if
+the log holds that very placement.
+
+The Redis client never retries a command by itself: a retried ``EVALSHA`` whose
+reply was lost would be a second placement. A lost reply is answered 503
+``unconfirmed`` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections.abc import Awaitable
@@ -18,6 +26,8 @@ from datetime import datetime
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,6 +43,7 @@ from openplace.core.placement import (
 )
 from openplace.core.wire import RECORD_SIZE
 from openplace.storage.distributed import keys
+from openplace.storage.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
 from openplace.storage.distributed.feed import RedisFeed
 from openplace.storage.distributed.schema import migrate
 
@@ -41,15 +52,19 @@ log = logging.getLogger(__name__)
 
 async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, asyncpg.Pool]:
     """A Redis client and a small PostgreSQL pool, with the schema migrated."""
-    redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+    redis = aioredis.from_url(
+        redis_url, socket_timeout=5, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     async with pool.acquire() as conn:
         await migrate(conn)
     return redis, pool
 
 
-# index, color, user, and the future for (seq, now_ms, board_id)
-_Request = tuple[int, int, str, "asyncio.Future[tuple[int, int, str]]"]
+# index, color, user, and the future for (seq, now_ms, board)
+_Request = tuple[int, int, str, "asyncio.Future[tuple[int, int, BoardId]]"]
+_Waiter = asyncio.Future[None]
+_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 async def close_quietly(closing: Awaitable[object], timeout: float = 2.0) -> None:
@@ -65,6 +80,15 @@ def _fail(batch: list[_Request], message: str, *, maybe_placed: bool = False) ->
     for *_, future in batch:
         if not future.done():
             future.set_exception(StoreUnavailable(message, maybe_placed=maybe_placed))
+
+
+def _answer(waiter: _Waiter, outcome: Outcome) -> None:
+    if waiter.done():
+        return
+    if outcome is Outcome.CONFIRMED:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
 
 
 class DistributedStore:
@@ -84,7 +108,8 @@ class DistributedStore:
         self.geometry = geometry
         self.cooldown = cooldown
         self.ack_timeout = ack_timeout
-        self._waiting: list[tuple[int, str, asyncio.Future[None]]] = []  # heap by seq
+        self._acks: Acks[_Waiter] = Acks()
+        self._checking: asyncio.Task[None] | None = None
         self._batch: list[_Request] = []  # placements for the next script call
         self._tasks: set[asyncio.Task[None]] = set()
         self.max_batch = 1000
@@ -99,8 +124,11 @@ class DistributedStore:
         self.feed = RedisFeed(self._redis, self._pg)
         self.feed.listen(self._committed, self._reset)
         await self.feed.open()
+        self._acks.reset(self.feed.board, self.feed.last)
 
     async def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
         if self.feed is not None:
             await self.feed.close()
         if self._redis is not None:
@@ -111,25 +139,28 @@ class DistributedStore:
     # -- placing -------------------------------------------------------------------
 
     async def place(self, user_id: str, index: int, color: int) -> Placement:
-        feed = self.feed
-        assert feed is not None
-        accepted: asyncio.Future[tuple[int, int, str]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[tuple[int, int, BoardId]] = loop.create_future()
         self._batch.append((index, color, user_id, accepted))
         if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._send_batch)
-        seq, now_ms, board_id = await accepted
+            loop.call_soon(self._send_batch)
+        seq, now_ms, board = await accepted
         placement = Placement(seq, index, color, user_id, now_ms / 1000)
-        if board_id == feed.board_id and seq <= feed.last:
-            return placement  # already committed
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (seq, board_id, future))
+        waiter: _Waiter = loop.create_future()
+        outcome = self._acks.accepted(waiter, Accepted(seq, board, index, color, user_id))
+        if outcome is Outcome.CONFIRMED:
+            return placement
+        if outcome is Outcome.CHECK:
+            self._start_checking()
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.ack_timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), self.ack_timeout)
         except TimeoutError as exc:
             raise StoreUnavailable(
                 "accepted but not confirmed durable in time; it may still appear",
                 maybe_placed=True,
             ) from exc
+        finally:
+            self._acks.forget(waiter)
         return placement
 
     def _send_batch(self) -> None:
@@ -157,7 +188,7 @@ class DistributedStore:
         if result[0] == -1:
             _fail(batch, "the board is being restored")
             return
-        board_id, now_ms = result[0].decode(), int(result[1])
+        board_id, now_ms = BoardId.parse(result[0]), int(result[1])
         now = time.time()
         for (*_, future), r in zip(batch, result[2:], strict=True):
             if future.done():
@@ -168,35 +199,50 @@ class DistributedStore:
                 future.set_exception(CooldownActive(-int(r) / 1000 + self.cooldown, now))
 
     def _committed(self, first: int, records: bytes) -> None:
+        assert self.feed is not None
         upto = first + len(records) // RECORD_SIZE - 1
-        board_id = self.feed.board_id if self.feed else ""
-        waiting = self._waiting
-        while waiting and waiting[0][0] <= upto:
-            _, board, future = heapq.heappop(waiting)
-            if future.done():
-                continue
-            if board == board_id:
-                future.set_result(None)
-            else:
-                future.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
+        for waiter in self._acks.committed_upto(self.feed.board, upto):
+            _answer(waiter, Outcome.CONFIRMED)
 
     def _reset(self, board_id: str, head: int) -> None:
-        """Redis was restored from PostgreSQL at ``head``: older placements waiting for
-        their announcement are committed (the restore starts after them); later ones
-        were lost with Redis, never committed."""
-        keep = []
-        for item in self._waiting:
-            seq, board, future = item
-            if board == board_id:
-                keep.append(item)
-            elif future.done():
+        """Redis holds a new board, committed up to ``head``: placements of older boards
+        are looked up in the log (the feed may have missed a restore or two, so no seq
+        of theirs can be judged by the new board's numbers)."""
+        confirmed, check = self._acks.reset(BoardId.parse(board_id), head)
+        for waiter in confirmed:
+            _answer(waiter, Outcome.CONFIRMED)
+        if check:
+            self._start_checking()
+
+    def _start_checking(self) -> None:
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.create_task(self._check_log())
+
+    async def _check_log(self) -> None:
+        """Answer placements of finished boards from PostgreSQL's log, one query a round."""
+        assert self._pg is not None
+        while waiters := self._acks.pending_checks():
+            seqs = []
+            for waiter in waiters:
+                accepted = self._acks.placement(waiter)
+                if accepted is not None:
+                    seqs.append(accepted.seq)
+            try:
+                rows = await self._pg.fetch(
+                    "SELECT seq, epoch, idx, color, user_id FROM placements "
+                    "WHERE seq = ANY($1::bigint[])",
+                    seqs,
+                )
+            except _PG_ERRORS as exc:
+                log.warning("cannot look placements up in the log yet: %s", exc)
+                await asyncio.sleep(0.5)
                 continue
-            elif seq <= head:
-                future.set_result(None)
-            else:
-                future.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
-        heapq.heapify(keep)
-        self._waiting = keep
+            found = {r["seq"]: LogRow(r["seq"], r["epoch"], r["idx"], r["color"], r["user_id"])
+                     for r in rows}  # fmt: skip
+            for waiter in waiters:
+                accepted = self._acks.placement(waiter)
+                if accepted is not None:
+                    _answer(waiter, self._acks.checked(waiter, found.get(accepted.seq)))
 
     # -- reading -------------------------------------------------------------------
 
