@@ -56,19 +56,29 @@ class NginxFront:
         conf = self.dir / "nginx.conf"
         listen = f"127.0.0.1:{self.port}{listen_extra}"
         conf.write_text(render_nginx(self.dir, listen, [backend_port], [backend_port]))
+        self._log = (self.dir / "nginx.log").open("wb")
         self.proc = subprocess.Popen(
             [find_nginx(), "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"],
-            stderr=(self.dir / "nginx.log").open("wb"),
+            stderr=self._log,
         )
 
-    def wait(self) -> NginxFront:
-        if self.url.startswith("http:"):
-            wait_http(self.url + "/favicon.svg", 20)  # from disk: no backend needed
-        return self
+    def wait(self, timeout: float = 20.0) -> NginxFront:
+        """Until nginx serves a file from disk (no backend needed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {(self.dir / 'nginx.log').read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/favicon.svg", verify=False, timeout=1).is_success:
+                    return self
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nginx did not answer on {self.url}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
