@@ -122,11 +122,13 @@ class RedisFeed:
         if upto <= after:
             return b""
         n = upto - after
-        entries = await self.redis.xrange(keys.STREAM, f"{after + 1}-0", f"{upto}-0")
-        if len(entries) == n and entries[0][0] == f"{after + 1}-0".encode():
+        entries = keys.xrange_entries(
+            await self.redis.xrange(keys.STREAM, f"{after + 1}-0", f"{upto}-0")
+        )
+        if len(entries) == n and entries[0].seq == after + 1:
             out = bytearray()
-            for _, fields in entries:
-                index, color, _user, _ts = keys.parse_entry(fields[b"d"])
+            for entry in entries:
+                index, color, _user, _ts = keys.parse_entry(entry.data)
                 out += encode_record(index, color)
             return bytes(out)
         rows = await self.pg.fetch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any, NamedTuple
 
 PREFIX = "op:"
 BOARD = PREFIX + "board"  # the packed board; GET is the wire format
@@ -66,3 +67,23 @@ def parse_entry(fields: bytes) -> tuple[int, int, str, int]:
     """``(index, color, user, ts_ms)`` of a stream entry's ``d`` field."""
     index, color, user, ts = fields.split(b" ")
     return int(index), int(color), user.decode(), int(ts)
+
+
+class StreamEntry(NamedTuple):
+    """One placement as the stream holds it: its seq and its ``d`` field."""
+
+    seq: int
+    data: bytes
+
+
+def xrange_entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an ``XRANGE`` reply (redis-py types replies loosely)."""
+    return [StreamEntry(int(entry_id.split(b"-")[0]), fields[b"d"]) for entry_id, fields in reply]
+
+
+def xread_entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an ``XREAD`` reply for the one stream read (RESP2 or RESP3)."""
+    if not reply:
+        return []
+    items = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return xrange_entries(items)

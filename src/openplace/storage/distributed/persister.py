@@ -125,7 +125,7 @@ class Persister:
         assert self._redis is not None
         with contextlib.suppress(RedisError, OSError):
             epoch, committed = await self._redis.mget(keys.EPOCH, keys.COMMITTED)
-            current = epoch is not None and epoch.decode() == self.epoch_id
+            current = epoch is not None and BoardId.parse(epoch) == self.board_id
             if current and int(committed or 0) < self.committed:
                 await self._redis.set(keys.COMMITTED, self.committed)
 
@@ -202,10 +202,12 @@ class Persister:
                     if await self._needs_restore():
                         await self.restore()
                         continue
-                entries = await redis.xread(
-                    {keys.STREAM: f"{self.committed}-0"}, count=self.batch, block=100
+                entries = keys.xread_entries(
+                    await redis.xread(
+                        {keys.STREAM: f"{self.committed}-0"}, count=self.batch, block=100
+                    )
                 )
-                if entries and not await self._commit(entries[0][1]):
+                if entries and not await self._commit(entries):
                     log.error("stream does not continue at seq %d; restoring", self.committed + 1)
                     await self.restore()
             except RedisError as exc:
@@ -225,19 +227,19 @@ class Persister:
             log.info("restoring: %s", reason)
         return reason is not None
 
-    async def _commit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
+    async def _commit(self, entries: list[keys.StreamEntry]) -> bool:
         """Commit a contiguous run read from the stream and announce it.
 
         Returns False, committing nothing, if the run does not start right after
         :attr:`committed` (Redis lost entries: time to restore).
         """
         first = self.committed + 1
-        n = continuing(self.committed, [int(entry_id.split(b"-")[0]) for entry_id, _ in entries])
+        n = continuing(self.committed, [e.seq for e in entries])
         if n == 0:
             return False
         rows = []
-        for seq, (_, fields) in enumerate(entries[:n], start=first):
-            index, color, user, ts = keys.parse_entry(fields[b"d"])
+        for seq, entry in enumerate(entries[:n], start=first):
+            index, color, user, ts = keys.parse_entry(entry.data)
             rows.append((seq, index, color, user, _dt(ts), self.epoch))
         await self._write_rows(rows)
         records = b"".join(encode_record(r[1], r[2]) for r in rows)
@@ -312,10 +314,10 @@ class Persister:
         # Stop new placements first, then commit whatever Redis still holds.
         with contextlib.suppress(RedisError, OSError):
             await redis.delete(keys.EPOCH)
-            while entries := await redis.xread(
-                {keys.STREAM: f"{self.committed}-0"}, count=self.batch
+            while entries := keys.xread_entries(
+                await redis.xread({keys.STREAM: f"{self.committed}-0"}, count=self.batch)
             ):
-                if not await self._commit(entries[0][1]):
+                if not await self._commit(entries):
                     break
         self.epoch += 1
         await set_meta(pg, "epoch", str(self.epoch))

@@ -174,7 +174,7 @@ class DistributedStore:
 
     async def _run_batch(self, batch: list[_Request]) -> None:
         keys_ = [keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH]
-        args: list[object] = [int(self.cooldown * 1000)]
+        args: list[int | str] = [int(self.cooldown * 1000)]
         for index, color, user, _ in batch:
             keys_.append(keys.COOLDOWN + user)
             args += (index, color, user)
