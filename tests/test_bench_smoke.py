@@ -1,9 +1,13 @@
-"""The benchmark command keeps working: a run at tiny sizes (no figures asserted)."""
+"""The benchmark command keeps working: a run at tiny sizes (no figures asserted) that
+leaves nothing in the temp dir."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmark_smoke_run_prints_every_figure_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks.md"
+    # A temp dir of its own (open to PostgreSQL's user, as /tmp is): it must stay empty.
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tmp-"))
+    tmp.chmod(0o1777)
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
+    left = sorted(p.name for p in tmp.iterdir())
+    shutil.rmtree(tmp, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert left == [], f"the benchmarks left {left} in the temp dir"
     for figure in ("placements/s through HTTP", "ack→arrival p99", "RSS per idle connection",
                    "GET /api/board through nginx", "placement script straight on Redis",
                    "restore Redis from persister memory", "restart until serving",
