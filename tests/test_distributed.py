@@ -427,6 +427,27 @@ async def test_resume_from_postgresql_when_the_stream_was_trimmed(
         assert index == 3 * W + by_seq[seq] and color == by_seq[seq] % 16
 
 
+async def test_persister_refuses_a_redis_that_saves_to_disk(
+    postgres: PostgresServer, redis_server: RedisServer
+) -> None:
+    """A Redis restarted from its own files would reuse seqs under the same board id."""
+    from openplace.storage.distributed.persister import Persister, RedisPersists
+
+    db = await postgres.new_database()
+    r = aioredis.from_url(redis_server.url)
+    await r.config_set("appendonly", "yes")
+    persister = Persister(redis_server.url, db, Geometry(W, H), 0)
+    try:
+        with pytest.raises(RedisPersists, match="--save '' --appendonly no"):
+            await persister.connect()
+        assert await r.get("op:epoch") is None  # nothing was restored into it
+        await r.config_set("appendonly", "no")
+        assert await persister.connect()
+    finally:
+        await persister.close()
+        await r.aclose()
+
+
 async def test_manual_restore_keeps_the_board_and_resyncs_clients(cluster: Any) -> None:
     import os
     import sys

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from openplace.core.board import Board, Geometry, apply_arrays
 from openplace.core.wire import encode_record
@@ -43,6 +43,14 @@ Progress = Callable[[str], None]
 
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisPersists(ValueError):
+    """Redis is configured to save its data; the persister will not use it."""
 
 
 class Persister:
@@ -111,6 +119,7 @@ class Persister:
                 self._redis = aioredis.from_url(
                     self.redis_url, socket_timeout=5, socket_connect_timeout=2
                 )
+            await self._check_redis_keeps_nothing()
             await self._load()
             await self._announce_committed()
             return True
@@ -118,6 +127,30 @@ class Persister:
             self._pg = None
             pg.terminate()  # the session, and with it the lock, ends here
             raise
+
+    async def _check_redis_keeps_nothing(self) -> None:
+        """Refuse a Redis that saves its data to disk.
+
+        Redis is a cache of the log here. One restarted from its own RDB or AOF file
+        would come back with the same board id and an older seq counter, and give
+        out again seqs that the log holds for other placements.
+        """
+        assert self._redis is not None
+        try:
+            config = {**await self._redis.config_get("save"),
+                      **await self._redis.config_get("appendonly")}  # fmt: skip
+        except ResponseError as exc:  # CONFIG disabled (managed Redis): cannot tell
+            log.warning("cannot read Redis's persistence settings (%s); it must keep "
+                        "nothing on disk (save \"\", appendonly no)", exc)  # fmt: skip
+            return
+        values = {_text(k): _text(v) for k, v in config.items()}
+        if values.get("save") or values.get("appendonly") == "yes":
+            raise RedisPersists(
+                f"Redis saves to disk (save {values.get('save')!r}, appendonly "
+                f"{values.get('appendonly')!r}); run it with --save '' --appendonly no: "
+                "PostgreSQL is the durable copy, and a Redis restarted from its own files "
+                "would give out seqs again under the same board id"
+            )
 
     async def _announce_committed(self) -> None:
         """A predecessor may have committed a run and died before announcing it: raise
@@ -311,6 +344,7 @@ class Persister:
         redis, pg = self._redis, self._pg
         assert redis is not None and pg is not None
         say = progress or (lambda m: log.info(m))
+        await self._check_redis_keeps_nothing()
         # Stop new placements first, then commit whatever Redis still holds.
         with contextlib.suppress(RedisError, OSError):
             await redis.delete(keys.EPOCH)
