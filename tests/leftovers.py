@@ -11,7 +11,9 @@ every child process), so it sees only what this run made, however many other run
   directory; the processes it finds are stopped.
 
 In a session where tests failed, folders are kept without an error (a failing cluster
-keeps its logs on purpose and names the folder in its error); processes never are.
+keeps its logs on purpose and names the folder in its error); processes never are. The
+directory is ``pytest-openplace-<pid>-*``; an empty one whose run was killed is removed
+by the next run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import psutil
 import pytest
 
 FOLDER_PREFIXES = ("op-", "openplace-")
+SESSION_PREFIX = "pytest-openplace-"  # then the pid of the run
 GRACE_SECONDS = 10.0  # processes stopped just before the end may still be exiting
 
 
@@ -67,13 +70,24 @@ def _stop(pids: list[int]) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def _remove_empty_dirs_of_dead_runs() -> None:
+    """A run killed before its end cannot remove its directory: the next run does, if
+    it is empty (a non-empty one holds logs of failed tests)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{SESSION_PREFIX}*-*"):
+        pid = path.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
     """This run's temporary directory; errors at the end if the run left anything in it."""
     tmp_path_factory.getbasetemp()  # pytest's own tmp_path root stays where it is
-    session_dir = Path(tempfile.mkdtemp(prefix="pytest-openplace-"))
+    _remove_empty_dirs_of_dead_runs()
+    session_dir = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{os.getpid()}-"))
     session_dir.chmod(0o1777)  # like /tmp: servers running as another user use it too
     before = set(_started_by_this_run(session_dir))
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
