@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 from websockets.sync.client import connect
@@ -215,7 +216,7 @@ TOKEN = SIGNER.issue(Identity("u_hypothesis"))
 EDIT_CHARS = B64 + "=+/.!~ \t\n\r\x00é\u00a0"
 
 
-@settings(max_examples=2000, deadline=None)
+@hypothesis_settings(max_examples=2000, deadline=None)
 @given(
     st.lists(
         st.tuples(
