@@ -91,21 +91,23 @@ class Nemesis:
         seconds: float,
         gap: tuple[float, float],
         kinds: tuple[str, ...] = KINDS,
+        rounds: int = 1,
         recover_timeout: float = 30.0,
     ) -> None:
-        """Inject faults for ``seconds``; at least one full round of every kind."""
+        """Inject faults for ``seconds``, and at least ``rounds`` full rounds (each kind
+        once per round, in a shuffled order)."""
         deadline = time.monotonic() + seconds
-        rounds = 0
-        while rounds == 0 or time.monotonic() < deadline:
+        done = 0
+        while done < rounds or time.monotonic() < deadline:
             order = list(kinds)
             self.rng.shuffle(order)
             for kind in order:
-                if rounds > 0 and time.monotonic() >= deadline:
+                if done >= rounds and time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(self.rng.uniform(*gap))
                 fault = await self.inject(kind)
                 await self._wait_recovered(fault, recover_timeout)
-            rounds += 1
+            done += 1
 
     async def inject(self, kind: str) -> Fault:
         stack, rng = self.stack, self.rng

@@ -33,7 +33,8 @@ from tests.services import PostgresServer, RedisServer
 @dataclass
 class Config:
     seed: int = 1
-    fault_seconds: float = 0.0  # keep injecting this long (at least one round of each kind)
+    fault_seconds: float = 0.0  # keep injecting this long ...
+    rounds: int = 1  # ... and at least this many rounds of every kind
     writers: int = 8
     clients: int = 4
     width: int = 1000
@@ -86,7 +87,7 @@ async def run(config: Config) -> Report:
         await asyncio.sleep(config.warmup)
 
         nemesis = Nemesis(Stack(pg, redis, cluster, db), history, config.seed, say)
-        await nemesis.run(config.fault_seconds, config.gap, config.kinds)
+        await nemesis.run(config.fault_seconds, config.gap, config.kinds, config.rounds)
         await asyncio.sleep(config.after)
         await writers.finish()
         say(f"{history.rel(time.monotonic()):>9} s  load stopped after {len(history.ops)} "
@@ -112,6 +113,9 @@ async def run(config: Config) -> Report:
         if keep:
             report.notes.append(f"cluster logs kept in {cluster.run_dir}")
         return report
+    except BaseException:
+        keep = config.keep_logs  # a run that broke: its logs say why
+        raise
     finally:
         for task in tasks:
             task.cancel()
