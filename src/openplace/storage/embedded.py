@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from openplace.core.board import Board, Geometry
-from openplace.core.history import TooOld
 from openplace.core.placement import (
     BoardSnapshot,
     CooldownActive,
@@ -37,22 +36,46 @@ from openplace.core.placement import (
 )
 from openplace.core.wire import encode_record
 from openplace.storage.base import Listener, ResetListener
+from openplace.storage.durability import (
+    PRUNE_SNAPSHOTS,
+    check_complete,
+    check_size,
+    load_board,
+    pending_migrations,
+    size_text,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS placements (
-    seq INTEGER PRIMARY KEY,
-    idx INTEGER NOT NULL,
-    color INTEGER NOT NULL,
-    user_id TEXT NOT NULL,
-    ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS placements_by_pixel ON placements (idx, seq);
-CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, last_placed REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, board BLOB NOT NULL);
-"""
+# Numbered migrations; the database's schema version is SQLite's ``user_version``.
+MIGRATIONS: list[str] = [
+    # 1: the placement log, users' last placement, board snapshots, metadata.
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS placements (
+        seq INTEGER PRIMARY KEY,
+        idx INTEGER NOT NULL,
+        color INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS placements_by_pixel ON placements (idx, seq);
+    CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, last_placed REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, board BLOB NOT NULL);
+    """,
+]
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations this database has not had, each in its own transaction."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for number, sql in pending_migrations(MIGRATIONS, version):
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {number}; COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
 
 class _Pending:
@@ -130,32 +153,27 @@ class EmbeddedStore:
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._wdb = self._connect()
-        db.executescript(SCHEMA)
+        migrate(db)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        size = f"{self.geometry.width}x{self.geometry.height}"
         if not meta:
             self.board_id = secrets.token_hex(4)
             db.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [("board_id", self.board_id), ("size", size)]
+                "INSERT INTO meta VALUES (?, ?)",
+                [("board_id", self.board_id), ("size", size_text(self.geometry))],
             )
         else:
-            if meta["size"] != size:
-                raise RuntimeError(
-                    f"{self.path} holds a {meta['size']} board, but {size} is configured"
-                )
+            check_size(meta["size"], self.geometry, str(self.path))
             self.board_id = meta["board_id"]
-        row = db.execute("SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            self._snapshot_seq, data = row
-            self._board = Board(self.geometry, data)
-        self._head = self._snapshot_seq
-        board = self._board
-        for seq, idx, color in db.execute(
+        snapshot = db.execute(
+            "SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._snapshot_seq = snapshot[0] if snapshot else 0
+        tail = db.execute(
             "SELECT seq, idx, color FROM placements WHERE seq > ? ORDER BY seq",
             (self._snapshot_seq,),
-        ):
-            board.set(idx, color)
-            self._head = seq
+        ).fetchall()
+        seqs, indexes, colors = zip(*tail, strict=True) if tail else ((), (), ())
+        self._board, self._head = load_board(self.geometry, snapshot, seqs, indexes, colors)
         since = self.clock() - self.cooldown
         self._last_placed = dict(
             db.execute("SELECT user_id, last_placed FROM users WHERE last_placed > ?", (since,))
@@ -281,10 +299,7 @@ class EmbeddedStore:
         db.execute("BEGIN")
         try:
             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, data))
-            db.execute(
-                "DELETE FROM snapshots WHERE seq NOT IN "
-                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
-            )
+            db.execute(PRUNE_SNAPSHOTS)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -333,8 +348,7 @@ class EmbeddedStore:
             "SELECT seq, idx, color FROM placements WHERE seq > ? AND seq <= ? ORDER BY seq",
             (after, upto),
         )
-        if len(rows) != max(0, min(upto, self._head) - after):
-            raise TooOld(f"placements after {after} are not all in the log")
+        check_complete(after, min(upto, self._head), len(rows))
         return b"".join(encode_record(i, c) for _, i, c in rows)
 
     async def refresh(self) -> None:

@@ -31,6 +31,7 @@ from openplace.storage.distributed.acks import (
     Reset,
     Take,
 )
+from openplace.storage.durability import check_complete
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ class RedisFeed:
             "SELECT idx, color FROM placements WHERE seq > $1 AND seq <= $2 ORDER BY seq",
             after, upto,
         )  # fmt: skip
-        if len(rows) != n:
-            raise TooOld(f"placements {after + 1}..{upto} are not all held")
+        check_complete(after, upto, len(rows))
         return b"".join(encode_record(r[0], r[1]) for r in rows)
 
     async def refresh(self) -> None:

@@ -30,11 +30,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from openplace.core.board import Board, Geometry, apply_arrays
+from openplace.core.board import Board, Geometry
 from openplace.core.wire import encode_record
 from openplace.storage.distributed import keys
 from openplace.storage.distributed.acks import BoardId, continuing, restore_reason
 from openplace.storage.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+from openplace.storage.durability import PRUNE_SNAPSHOTS, check_size, load_board, size_text
 
 log = logging.getLogger(__name__)
 
@@ -178,24 +179,21 @@ class Persister:
         if not self.uid:
             self.uid = secrets.token_hex(4)
             await set_meta(pg, "board_uid", self.uid)
-            await set_meta(pg, "size", f"{self.geometry.width}x{self.geometry.height}")
-        size = await get_meta(pg, "size")
-        if size != f"{self.geometry.width}x{self.geometry.height}":
-            raise RuntimeError(f"the database holds a {size} board; configuration says otherwise")
+            await set_meta(pg, "size", size_text(self.geometry))
+        check_size(await get_meta(pg, "size") or "", self.geometry, "the database")
         self.epoch = int(await get_meta(pg, "epoch") or 0)
         row = await pg.fetchrow("SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1")
-        self.board = Board(self.geometry, row["board"] if row else None)
         self.snapshot_seq = row["seq"] if row else 0
         if progress:
             progress(f"snapshot at seq {self.snapshot_seq}")
         tail = await pg.fetch(
-            "SELECT idx, color FROM placements WHERE seq > $1 ORDER BY seq", self.snapshot_seq
+            "SELECT seq, idx, color FROM placements WHERE seq > $1 ORDER BY seq", self.snapshot_seq
         )
-        apply_arrays(self.board.data, [r[0] for r in tail], [r[1] for r in tail])
-        self.committed = self.snapshot_seq + len(tail)
-        top = await pg.fetchval("SELECT max(seq) FROM placements") or 0
-        if top != self.committed:
-            raise RuntimeError(f"placement log has a gap: {self.committed} rows up to seq {top}")
+        self.board, self.committed = load_board(
+            self.geometry,
+            (row["seq"], row["board"]) if row else None,
+            [r[0] for r in tail], [r[1] for r in tail], [r[2] for r in tail],
+        )  # fmt: skip
         if progress:
             progress(f"applied {len(tail)} placements after it; committed seq {self.committed}")
 
@@ -330,10 +328,7 @@ class Persister:
                 "INSERT INTO snapshots VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 self.committed, self.board.snapshot(),
             )  # fmt: skip
-            await pg.execute(
-                "DELETE FROM snapshots WHERE seq NOT IN "
-                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2)"
-            )
+            await pg.execute(PRUNE_SNAPSHOTS)
         self.snapshot_seq = self.committed
 
     # -- restore -------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from openplace.storage.durability import pending_migrations
+
 MIGRATIONS: list[str] = [
     # 1: the placement log, latest state per pixel, users, board snapshots, metadata.
     """
@@ -43,9 +45,7 @@ async def migrate(conn: asyncpg.Connection) -> None:
     try:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
-        for number, sql in enumerate(MIGRATIONS, start=1):
-            if number <= version:
-                continue
+        for number, sql in pending_migrations(MIGRATIONS, version):
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
