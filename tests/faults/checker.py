@@ -16,12 +16,17 @@ Every placement was on a pixel of its own, so the log can be checked exactly:
 - **served board**: ``GET /api/board`` is the log replayed, at the log's last seq, and
   the ``pixels`` table agrees with the log;
 - **clients**: every websocket client's board, board id and seq equal the server's;
-- **recovered**: each fault was followed by an acknowledged placement.
+
+Besides these violations, the report lists **problems**: the stack did not stay whole or
+did not come back (a process that exited although no fault was dealt to it; no
+placement acknowledged within 30 s of healing; no active persister to kill). Either
+fails the run.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -66,6 +71,8 @@ class Report:
     unknown_in_log: int = 0  # unknown outcomes that did happen
     server_errors: int = 0  # answers 5xx other than 503
     recoveries: dict[str, list[float | None]] = field(default_factory=dict)  # kind -> seconds
+    # kind -> the longest time without an acknowledgement from the fault to the next one
+    stalls: dict[str, list[float]] = field(default_factory=dict)
     lost: int = 0
     wrong_seq: int = 0
     double_acked: int = 0
@@ -80,12 +87,13 @@ class Report:
     pixels_mismatch: int = 0
     clients: int = 0
     clients_equal: int = 0
-    violations: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)  # what was promised and broken
+    problems: list[str] = field(default_factory=list)  # the stack did not stay whole
     notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return not self.violations
+        return not self.violations and not self.problems
 
     def table(self) -> str:
         """The figures, as a plain-text table."""
@@ -99,13 +107,17 @@ class Report:
         row("failed (definite)", self.failed)
         row("unknown", self.unknown, f"{self.unknown_in_log} of them in the log")
         row("5xx other than 503", self.server_errors)
-        lines.append(f"  {'faults':<32} {'injected':>10}  recovery median / max")
+        lines.append(f"  {'faults':<32} {'injected':>10}  recovery median / max   "
+                     "longest stall")  # fmt: skip
         for kind in KINDS:
             times = self.recoveries.get(kind, [])
             done = [t for t in times if t is not None]
             rec = "-"
             if done:
                 rec = f"{statistics.median(done):.2f} s / {max(done):.2f} s"
+            stall = max(self.stalls.get(kind, []), default=None)
+            if stall is not None:
+                rec = f"{rec:<24}{stall:.2f} s"
             if len(done) < len(times):
                 rec += f"  ({len(times) - len(done)} never recovered)"
             row("  " + kind, len(times), rec)
@@ -123,10 +135,12 @@ class Report:
             f"{self.pixels_mismatch} differ" if self.pixels_mismatch else "")  # fmt: skip
         row("clients equal to server", f"{self.clients_equal}/{self.clients}")
         verdict = "PASS" if self.passed else "FAIL"
-        count = f"  {len(self.violations)} violations" if self.violations else ""
-        lines.append(f"  {'verdict':<32} {verdict:>10}{count}")
+        count = f"  {len(self.violations)} violations, {len(self.problems)} problems"
+        lines.append(f"  {'verdict':<32} {verdict:>10}{count if not self.passed else ''}")
         for v in self.violations:
             lines.append("  ! " + v)
+        for p in self.problems:
+            lines.append("  ? " + p)
         for n in self.notes:
             lines.append("  - " + n)
         return "\n".join(lines)
@@ -184,8 +198,7 @@ def check(
 
     if incomplete:
         v.append(f"history: {incomplete} operations never completed")
-    for p in problems:
-        v.append(f"nemesis: {p}")
+    report.problems.extend(problems)
 
     # The log.
     by_seq: dict[int, tuple[int, int]] = {}
@@ -316,6 +329,13 @@ def check(
             continue
         k = bisect.bisect_left(ok_ends, f.heal)
         times.append(ok_ends[k] - f.heal if k < len(ok_ends) else None)
+    # Stall: the longest time without an acknowledgement, from a fault to the next fault.
+    for i, f in enumerate(faults):
+        end = faults[i + 1].start if i + 1 < len(faults) else max(ok_ends[-1:], default=f.start)
+        lo, hi = bisect.bisect_left(ok_ends, f.start), bisect.bisect_left(ok_ends, end)
+        points = [f.start, *ok_ends[lo:hi], max(end, f.start)]
+        stall = max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+        report.stalls.setdefault(f.kind, []).append(stall)
 
     outcomes = Counter(op.detail for op in complete if op.outcome != "ok")
     if outcomes:

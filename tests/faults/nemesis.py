@@ -20,7 +20,9 @@ so each recovery is measured on its own.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +53,12 @@ SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.classid::bigint = $1::bigint >> 32 AND l.objid::bigint = $1::bigint & 4294967295
 """
+
+
+def _frame(line: str) -> str:
+    """``File "/x/openplace/cli.py", line 121, in main`` -> ``openplace/cli.py:121 main``"""
+    match = re.match(r'File ".*/(openplace/[^"]+)", line (\d+), in (.+)', line)
+    return f"{match[1]}:{match[2]} {match[3]}" if match else line
 
 
 @dataclass
@@ -105,9 +113,32 @@ class Nemesis:
                 if done >= rounds and time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(self.rng.uniform(*gap))
+                await self.check_processes()
                 fault = await self.inject(kind)
                 await self._wait_recovered(fault, recover_timeout)
             done += 1
+        await self.check_processes()
+
+    async def check_processes(self) -> None:
+        """A process of the stack that exited without being killed is a problem; start it
+        again, so that the run goes on with a whole stack."""
+        cluster = self.stack.cluster
+        for name, proc in list(cluster.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            if name not in cluster.commands:  # nginx: nothing to restart it with
+                problem = f"{name} exited by itself with code {code}"
+                if problem not in self.problems:
+                    self.problems.append(problem)
+                continue
+            self.problems.append(
+                f"{name} exited by itself with code {code} (no fault was dealt to it): "
+                + self._last_error(name)
+            )
+            self.say(f"{self.history.rel(time.monotonic()):>9} s  {name} exited by itself "
+                     f"({code}); starting it again")  # fmt: skip
+            await asyncio.to_thread(cluster.restart, name)
 
     async def inject(self, kind: str) -> Fault:
         stack, rng = self.stack, self.rng
@@ -168,6 +199,25 @@ class Nemesis:
         self.say(f"{self.history.rel(fault.start):>9} s  {kind:<15} {fault.target:<11} "
                  f"healed after {fault.heal - fault.start:.2f} s")  # fmt: skip
         return fault
+
+    def _last_error(self, name: str) -> str:
+        """The last error a process logged: its exception's last lines, where it was."""
+        run_dir = self.stack.cluster.run_dir
+        path = run_dir / f"{name}.log" if run_dir is not None else None
+        if path is None or not path.exists():
+            return "(no log)"
+        for line in reversed(path.read_text(errors="replace").splitlines()):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") not in ("error", "critical"):
+                continue
+            frames = [t.strip() for t in str(entry.get("exc", "")).splitlines() if t.strip()]
+            where = [_frame(f) for f in frames if f.startswith("File ") and "/openplace/" in f]
+            text = frames[-1] if frames else str(entry.get("msg", ""))
+            return text + (f" at {' <- '.join(reversed(where[-3:]))}" if where else "")
+        return "(nothing logged)"
 
     def heal(self) -> None:
         """Resume whatever is paused (on the way out, whatever happened)."""
