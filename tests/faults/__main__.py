@@ -1,4 +1,5 @@
-"""``python -m tests.faults --minutes 10 --seed 1``: the soak. Exits 1 on any violation."""
+"""``python -m tests.faults --minutes 10 --seed 1``: the soak. Prints the figures; exits 1 on
+any violation, or if the stack did not stay whole (a problem)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of quiet before each fault (uniform, seeded)",
     )
     parser.add_argument(
+        "--pause",
+        type=float,
+        nargs=2,
+        default=(1.0, 2.0),
+        metavar=("MIN", "MAX"),
+        help="seconds a SIGSTOP of Redis or PostgreSQL lasts (uniform, seeded)",
+    )
+    parser.add_argument(
         "--no-keep-logs",
         dest="keep_logs",
         action="store_false",
@@ -57,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         gap=(args.gap[0], args.gap[1]),
         keep_logs=args.keep_logs,
         kinds=kinds,
+        pause=(args.pause[0], args.pause[1]),
         say=lambda m: print(m, flush=True),
     )
     report = asyncio.run(run(config))

@@ -9,7 +9,8 @@ Kinds (:data:`KINDS`):
   the same port.
 - ``pg-stop``: ``pg_ctl stop -m immediate`` (a crash), then start it again.
 - ``redis-pause``, ``pg-pause``: SIGSTOP the server (for PostgreSQL: the postmaster
-  and all its processes) for a second or two, then SIGCONT. A hang, not a crash.
+  and all its processes) for a second or two (``pause``), then SIGCONT. A hang, not a
+  crash.
 
 The order of kinds (shuffled rounds, so every kind comes once per round), the gaps,
 the fault lengths and the targets all come from one ``random.Random(seed)``. After a
@@ -83,12 +84,18 @@ class Stack:
 
 class Nemesis:
     def __init__(
-        self, stack: Stack, history: History, seed: int, say: Callable[[str], None]
+        self,
+        stack: Stack,
+        history: History,
+        seed: int,
+        say: Callable[[str], None],
+        pause: tuple[float, float] = (1.0, 2.0),
     ) -> None:
         self.stack = stack
         self.history = history
         self.rng = random.Random(seed)
         self.say = say
+        self.pause = pause  # how long a SIGSTOP lasts (uniform, seeded)
         self.faults: list[Fault] = []
         self.problems: list[str] = []  # what the nemesis could not do, or did not see heal
         self._redis_paused = False
@@ -180,7 +187,7 @@ class Nemesis:
             fault = self._begin(kind, "redis")
             stack.redis.pause()
             self._redis_paused = True
-            await asyncio.sleep(rng.uniform(1.0, 2.0))
+            await asyncio.sleep(rng.uniform(*self.pause))
             stack.redis.resume()
             self._redis_paused = False
         elif kind == "pg-pause":
@@ -188,7 +195,7 @@ class Nemesis:
             self._pg_paused = True
             await asyncio.to_thread(stack.pg.pause)
             down = time.monotonic()
-            await asyncio.sleep(rng.uniform(1.0, 2.0))
+            await asyncio.sleep(rng.uniform(*self.pause))
             fault.pg_down = (down, time.monotonic())
             stack.pg.resume()
             self._pg_paused = False

@@ -46,6 +46,7 @@ class Config:
     ack_timeout: float = 10.0  # OPENPLACE_ACK_TIMEOUT_SECONDS
     keep_logs: bool = False  # keep the cluster's logs if the check fails
     kinds: tuple[str, ...] = KINDS  # fault kinds to inject
+    pause: tuple[float, float] = (1.0, 2.0)  # seconds a SIGSTOP lasts
     say: Callable[[str], None] = field(default=print)
 
 
@@ -86,7 +87,7 @@ async def run(config: Config) -> Report:
         writers.start()
         await asyncio.sleep(config.warmup)
 
-        nemesis = Nemesis(Stack(pg, redis, cluster, db), history, config.seed, say)
+        nemesis = Nemesis(Stack(pg, redis, cluster, db), history, config.seed, say, config.pause)
         await nemesis.run(config.fault_seconds, config.gap, config.kinds, config.rounds)
         await asyncio.sleep(config.after)
         await writers.finish()
