@@ -128,11 +128,5 @@ def test_no_acknowledged_placement_is_lost_under_every_kind_of_fault(soak: Repor
     assert not soak.violations, soak.table()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a standby persister exits when PostgreSQL restarts while it waits for the lock: "
-    "cli.persister's first Persister.connect() is outside Persister.run's reconnect loop "
-    "(InterfaceError: connection is closed at persister.py connect <- cli.py main)",
-)
 def test_every_process_survives_the_faults_and_the_stack_recovers(soak: Report) -> None:
     assert not soak.problems, soak.table()

@@ -50,6 +50,9 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
 class RedisPersists(ValueError):
     """Redis is configured to save its data; the persister will not use it."""
 
@@ -101,8 +104,20 @@ class Persister:
         """Connect, migrate and take the persister lock.
 
         Returns False, holding nothing, if the lock is busy and ``wait_for_lock`` is
-        off, or if ``stop`` is set while standing by.
+        off, or if ``stop`` is set while standing by. While it waits for the lock, a
+        PostgreSQL that goes away (a restart) is waited for too: a standby must
+        outlive the outage it stands by for.
         """
+        while True:
+            try:
+                return await self._connect_once(wait_for_lock=wait_for_lock, stop=stop)
+            except _PG_ERRORS as exc:
+                if not wait_for_lock or (stop is not None and stop.is_set()):
+                    raise
+                log.warning("postgresql unavailable (%s); connecting again", exc)
+                await asyncio.sleep(0.5)
+
+    async def _connect_once(self, *, wait_for_lock: bool, stop: asyncio.Event | None) -> bool:
         pg = await asyncpg.connect(self.database_url)
         try:
             await migrate(pg)
@@ -120,7 +135,8 @@ class Persister:
                 self._redis = aioredis.from_url(
                     self.redis_url, socket_timeout=5, socket_connect_timeout=2
                 )
-            await self._check_redis_keeps_nothing()
+            with contextlib.suppress(RedisError, OSError):  # down: checked before restoring
+                await self._check_redis_keeps_nothing()
             await self._load()
             await self._announce_committed()
             return True
@@ -208,18 +224,15 @@ class Persister:
         while not stop.is_set():
             try:
                 await self._run(stop)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except _PG_ERRORS as exc:
                 log.warning("postgresql unavailable (%s); reconnecting", exc)
                 if self._pg is not None:
                     self._pg.terminate()
                     self._pg = None
-                while not stop.is_set():
-                    await asyncio.sleep(0.5)
-                    try:
-                        if await self.connect(stop=stop):
-                            break
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
-                        log.warning("still no postgresql (%s)", e)
+                await asyncio.sleep(0.5)
+                # Waits out the outage, and for the lock: a standby may have taken it.
+                with contextlib.suppress(*_PG_ERRORS):  # raised only once stop is set
+                    await self.connect(stop=stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
         redis = self._redis
