@@ -26,7 +26,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    """How every openplace process runs uvicorn (also used by the tests)."""
+    """How every openplace process runs uvicorn (also used by the tests): httptools with
+    openplace's limits (:mod:`openplace.api.limits`), and the transport-exposing
+    websocket protocol."""
+    import math
+
+    from openplace.api.limits import guarded_protocol
     from openplace.realtime.transport import WSProtocol
 
     return uvicorn.Config(
@@ -35,6 +40,8 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_config=None,
         access_log=False,
+        http=guarded_protocol(settings),
+        timeout_keep_alive=math.ceil(settings.http_keepalive_timeout_seconds),
         ws=WSProtocol,
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=False,
@@ -47,6 +54,9 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
 
 
 def _run_uvicorn(app: object, settings: Settings) -> None:
+    from openplace.api.limits import raise_fd_limit
+
+    raise_fd_limit()
     uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
@@ -84,6 +94,10 @@ def role(args: argparse.Namespace) -> int:
     log.info("starting %s on %s:%d", args.command, settings.host, settings.port)
     if args.command == "realtime":
         import uvloop
+
+        from openplace.api.limits import raise_fd_limit
+
+        raise_fd_limit()
 
         from openplace.realtime.process import run_realtime
 

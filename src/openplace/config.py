@@ -51,6 +51,20 @@ class Settings:
     # HTTP limits.
     max_body_bytes: int = 1024
     sessions_per_ip_per_minute: int = 30
+    # HTTP server limits (api/limits.py), in every mode: the request line and headers
+    # (else 431), the time to send them (from connect or first byte, else 408 or a
+    # silent close), the time to send a declared body, how long an idle keep-alive
+    # connection stays open, how long a response may wait for a client that does not
+    # read, and the open connections of one address (else 429; from trusted proxies,
+    # the requests in progress of one forwarded address).
+    http_max_header_bytes: int = 16 * 1024
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 10.0
+    http_keepalive_timeout_seconds: float = 5.0
+    http_send_timeout_seconds: float = 30.0
+    http_max_connections_per_ip: int = 256
+    # How long GET /api/pixel and GET /api/me wait for the store (else 503).
+    store_read_timeout_seconds: float = 5.0
     # Distributed mode: how long a placement may wait to be confirmed durable.
     ack_timeout_seconds: float = 10.0
     # Distributed mode (unset: embedded).
@@ -97,10 +111,18 @@ class Settings:
             )
         positive = ("replay_limit", "snapshot_every", "ws_max_connections_per_ip",
                     "ws_send_buffer_bytes", "ws_max_message_bytes", "max_body_bytes",
-                    "sessions_per_ip_per_minute")  # fmt: skip
+                    "sessions_per_ip_per_minute", "http_max_connections_per_ip")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 1")
+        if not 1024 <= self.http_max_header_bytes <= 1024 * 1024:
+            raise ValueError("OPENPLACE_HTTP_MAX_HEADER_BYTES must be within 1024..1048576")
+        timeouts = ("http_header_timeout_seconds", "http_body_timeout_seconds",
+                    "http_keepalive_timeout_seconds", "http_send_timeout_seconds",
+                    "store_read_timeout_seconds")  # fmt: skip
+        for name in timeouts:
+            if not 0 < getattr(self, name) <= 3600:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be > 0 and <= 3600")
         if self.ack_timeout_seconds <= 0:
             raise ValueError("OPENPLACE_ACK_TIMEOUT_SECONDS must be > 0")
         if self.cooldown_seconds < 0:

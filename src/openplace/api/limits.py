@@ -1,0 +1,380 @@
+"""HTTP server limits: what uvicorn's httptools protocol lacks against hostile clients.
+
+Every openplace HTTP server (``openplace serve`` facing the internet, ``openplace api``
+behind nginx) runs uvicorn with the protocol class :func:`guarded_protocol` makes. It is
+uvicorn's httptools protocol (the fast parser) plus:
+
+- a cap on the request line and headers (``http_max_header_bytes``): more is a 431,
+  before the parser has accumulated more than the cap (httptools and uvicorn grow the
+  URL and header values by concatenation, quadratic in their size);
+- a header deadline from connect, or from the first byte of a keep-alive request
+  (``http_header_timeout_seconds``): a silent connection is closed, a partial head gets
+  a 408;
+- a body deadline from the end of the headers (``http_body_timeout_seconds``): a
+  promised body that does not arrive gets a 408, and the app's ``receive`` sees a
+  disconnect;
+- the keep-alive idle timeout (``http_keepalive_timeout_seconds``);
+- a send deadline (``http_send_timeout_seconds``): a response that a client does not
+  read for that long is dropped with the connection;
+- a cap on one address's open connections (``http_max_connections_per_ip``): more are
+  answered 429 and closed at once. A connection from a trusted proxy
+  (``trusted_proxies``) is not counted itself; its requests in progress are, under the
+  forwarded client address (as uvicorn's proxy-headers middleware names it), and its
+  requests without ``X-Forwarded-For`` are its own and not counted.
+
+Every refusal is the API's JSON error. The per-address counts are per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from openplace.config import Settings
+
+log = logging.getLogger(__name__)
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def error_bytes(status: int, code: str, message: str, *extra_headers: bytes) -> bytes:
+    """A complete JSON error response that closes the connection."""
+    body = orjson.dumps({"error": code, "message": message})
+    head = [
+        b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *extra_headers,
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+TOO_MANY_CONNECTIONS = error_bytes(
+    429, "too_many_connections", "too many open connections from this address",
+    b"retry-after: 1",
+)  # fmt: skip
+HEADERS_TOO_LARGE = error_bytes(
+    431, "headers_too_large", "the request line and headers are too large"
+)
+HEADERS_TIMEOUT = error_bytes(408, "request_timeout", "the request headers took too long")
+BODY_TIMEOUT = error_bytes(408, "request_timeout", "the request body took too long")
+BAD_HTTP = error_bytes(400, "bad_request", "invalid HTTP request")
+_BUSY_BODY = orjson.dumps(
+    {"error": "too_many_connections", "message": "too many requests in progress from this address"}
+)
+
+
+async def _too_many_requests(scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a forwarded client over its cap (the proxy's connection stays)."""
+    await send({
+        "type": "http.response.start",
+        "status": 429,
+        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                    (b"content-length", b"%d" % len(_BUSY_BODY))],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": _BUSY_BODY})
+
+
+class AddressSlots:
+    """Counts of what each address holds open, each at most ``limit``."""
+
+    __slots__ = ("counts", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        held = self.counts.get(address, 0)
+        if held >= self.limit:
+            return False
+        self.counts[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        held = self.counts.get(address, 0) - 1
+        if held > 0:
+            self.counts[address] = held
+        else:
+            self.counts.pop(address, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_connections_per_ip: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(
+            s.http_max_header_bytes, s.http_header_timeout_seconds, s.http_body_timeout_seconds,
+            s.http_keepalive_timeout_seconds, s.http_send_timeout_seconds,
+            s.http_max_connections_per_ip,
+        )  # fmt: skip
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above. Use :func:`guarded_protocol`,
+    which gives each server its own subclass with its own ``limits`` and ``slots``."""
+
+    limits: Limits
+    slots: AddressSlots
+    trusted: _TrustedHosts
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
+        self._address: str | None = None  # the connection's slot (untrusted peers)
+        self._request_address: str | None = None  # the request's slot (trusted peers)
+        self._trusted_peer = False
+        self._refused = False
+        self._in_head = True  # reading a request line and headers
+        self._head_bytes = 0
+        self._body_pending = False
+        self._deadline: asyncio.TimerHandle | None = None  # head or body
+        self._send_deadline: asyncio.TimerHandle | None = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        peer = self.client[0] if self.client else None
+        if peer is not None:
+            self._trusted_peer = peer in self.trusted
+            if not self._trusted_peer:
+                if not self.slots.acquire(peer):
+                    self._refuse()
+                    return
+                self._address = peer
+        self._arm(self.limits.header_timeout, self._head_timed_out)
+
+    def _refuse(self) -> None:
+        """Over the address's cap: answer 429 at once, then close (reading is dropped)."""
+        self._refused = True
+        transport = self.transport
+        transport.write(TOO_MANY_CONNECTIONS)
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the answer, then the connection ends
+            self._arm(1.0, transport.abort)
+        else:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._disarm_send()
+        self._release()
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        if self._address is not None:
+            self.slots.release(self._address)
+            self._address = None
+        self._release_request()
+
+    def _release_request(self) -> None:
+        if self._request_address is not None:
+            self.slots.release(self._request_address)
+            self._request_address = None
+
+    def eof_received(self) -> None:
+        if self._refused:
+            self.transport.close()
+
+    def handle_websocket_upgrade(self) -> None:
+        # The websocket protocol takes the connection over, with its own per-address cap.
+        self._disarm()
+        self._release()
+        super().handle_websocket_upgrade()
+
+    # -- deadlines ---------------------------------------------------------------------
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _disarm_send(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _busy(self) -> bool:
+        """A request is being answered (a pipelined head must not answer in between)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _answer_and_close(self, response: bytes) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            if not self._busy():
+                self.transport.write(response)
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self._busy():  # reading is paused behind a request in progress
+            self._arm(self.limits.header_timeout, self._head_timed_out)
+        elif self._head_bytes == 0:
+            self.transport.close()  # idle: nothing to answer
+        else:
+            self._answer_and_close(HEADERS_TIMEOUT)
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            # The app gets a disconnect from receive() and its answer goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(BODY_TIMEOUT)
+        self.transport.close()
+
+    def _send_timed_out(self) -> None:
+        self._send_deadline = None
+        self.transport.abort()  # the client has not read for send_timeout: drop its backlog
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(
+                self.limits.send_timeout, self._send_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._disarm_send()
+
+    # -- parsing -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        limit = self.limits.max_header_bytes
+        while self._in_head:
+            room = limit - self._head_bytes
+            if room <= 0:
+                self._answer_and_close(HEADERS_TOO_LARGE)
+                return
+            chunk = data if len(data) <= room else data[:room]
+            self._head_bytes += len(chunk)
+            super().data_received(chunk)
+            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # refused by the parser, or upgraded to a websocket
+            if len(chunk) == len(data):
+                data = b""
+                break
+            data = data[len(chunk) :]
+        if data:
+            super().data_received(data)
+        if self._body_pending and self._deadline is None and not self.transport.is_closing():
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a keep-alive request: its head starts now
+            self._arm(self.limits.header_timeout, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._in_head = False
+        self._body_pending = True
+        if self._trusted_peer:
+            self._release_request()
+            address = self._forwarded_client()
+            if address is not None and not self.slots.acquire(address):
+                app, self.app = self.app, _too_many_requests
+                try:
+                    super().on_headers_complete()
+                finally:
+                    self.app = app
+                return
+            self._request_address = address
+        super().on_headers_complete()
+
+    def _forwarded_client(self) -> str | None:
+        values = [v for n, v in self.headers if n == b"x-forwarded-for"]
+        if not values:
+            return None  # the trusted host itself (a health check, a local tool)
+        host, _ = self.trusted.get_trusted_client_address(b", ".join(values).decode("latin-1"))
+        return host or None
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+        self._body_pending = False
+        self._in_head = True
+        self._head_bytes = 0
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):  # answered before its body ended: idle from now on
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def on_response_complete(self) -> None:
+        self._release_request()
+        super().on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._disarm()
+        if not self._busy():
+            self.transport.write(BAD_HTTP)
+        self.transport.close()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
+    """A protocol class for one server: its own limits and per-address counts."""
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {
+            "limits": Limits.from_settings(settings),
+            "slots": AddressSlots(settings.http_max_connections_per_ip),
+            "trusted": _TrustedHosts(settings.trusted_proxies),
+        },
+    )
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to the hard limit; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit to %d: %s", hard, exc)
+    return soft
