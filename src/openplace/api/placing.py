@@ -31,6 +31,18 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def authorization_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's one ``Authorization`` header ("" if none). Two or more are a 400:
+    which one counts would otherwise depend on who reads them."""
+    found: bytes | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            if found is not None:
+                raise APIError(400, "bad_request", "more than one Authorization header")
+            found = value
+    return "" if found is None else found.decode("latin-1")
+
+
 def identify(signer: TokenSigner, authorization: str) -> Identity:
     """The user behind an ``Authorization: Bearer <token>`` header, or a 401."""
     scheme, _, token = authorization.partition(" ")
@@ -123,12 +135,9 @@ class PlaceEndpoint:
         state = scope["app"].state
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         try:
-            authorization = ""
             limit: int = state.settings.max_body_bytes
             for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                if name == b"content-length" and value.isdigit() and int(value) > limit:
                     raise too_large(limit)
             body = b""
             more = True
@@ -140,7 +149,7 @@ class PlaceEndpoint:
                 more = message.get("more_body", False)
                 if len(body) > limit:
                     raise too_large(limit)
-            status, payload = 200, await place(state, authorization, body)
+            status, payload = 200, await place(state, authorization_of(scope["headers"]), body)
         except APIError as exc:
             status = exc.status
             payload = {"error": exc.code, "message": exc.message, **exc.extra}

@@ -7,17 +7,27 @@ Handlers find their collaborators on ``request.app.state`` (see
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
 from openplace.api.openapi import openapi_schema
-from openplace.api.placing import identify, iso, place_endpoint
+from openplace.api.placing import authorization_of, identify, iso, place_endpoint
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
+from openplace.core.placement import StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def client_ip(request: Request) -> str:
@@ -25,7 +35,34 @@ def client_ip(request: Request) -> str:
 
 
 def authenticate(request: Request) -> Identity:
-    return identify(request.app.state.signer, request.headers.get("authorization", ""))
+    return identify(request.app.state.signer, authorization_of(request.headers.raw))
+
+
+async def read_store(request: Request, reading: Awaitable[T]) -> T:
+    """A store read, or a 503 if the store is unreachable or does not answer in time
+    (distributed mode: Redis or PostgreSQL down or paused)."""
+    try:
+        timeout = request.app.state.settings.store_read_timeout_seconds
+        return await asyncio.wait_for(reading, timeout)
+    except (StoreUnavailable, TimeoutError, OSError) as exc:
+        log.warning("store read failed: %r", exc)
+        raise APIError(
+            503, "unavailable", "the store cannot be read now; try again",
+            headers={"Retry-After": "1"},
+        ) from exc  # fmt: skip
+
+
+def coordinate(request: Request, name: str) -> int:
+    """Query parameter ``name``, given once, as ASCII decimal digits (``int()`` would also
+    take ``1_0``, ``١٢``, signs and spaces)."""
+    values = request.query_params.getlist(name)
+    if len(values) != 1 or not (values[0].isascii() and values[0].isdigit()):
+        raise APIError(
+            400, "bad_coordinates", "query parameters x and y must each be given once, "
+            "as decimal digits"
+        )  # fmt: skip
+    digits = values[0].lstrip("0")
+    return int(digits or "0") if len(digits) <= 9 else 10**9  # 10**9: beyond any board
 
 
 def accepts_gzip(header: str) -> bool:
@@ -97,7 +134,7 @@ async def board(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     identity = authenticate(request)
-    state = await request.app.state.store.user(identity.user_id)
+    state = await read_store(request, request.app.state.store.user(identity.user_id))
     return JSONResponse(
         {
             "user_id": state.user_id,
@@ -109,16 +146,13 @@ async def me(request: Request) -> Response:
 
 
 async def pixel_info(request: Request) -> Response:
-    try:
-        x, y = int(request.query_params["x"]), int(request.query_params["y"])
-    except (KeyError, ValueError) as exc:
-        raise APIError(400, "bad_coordinates", "query parameters x and y must be integers") from exc
+    x, y = coordinate(request, "x"), coordinate(request, "y")
     store = request.app.state.store
     try:
         index = store.geometry.index(x, y)
     except InvalidPixel as exc:
         raise APIError(400, "bad_coordinates", str(exc)) from exc
-    info = await store.pixel(index)
+    info = await read_store(request, store.pixel(index))
     return JSONResponse(
         {
             "x": x,
@@ -130,6 +164,20 @@ async def pixel_info(request: Request) -> Response:
         },
         headers={"Cache-Control": "no-cache"},
     )
+
+
+class PixelEndpoint:
+    """ASGI app for ``/api/pixel``: GET (and HEAD) reads a pixel, POST places one. One
+    route for both, so a wrong method is told every allowed one (``Allow``)."""
+
+    def __init__(self) -> None:
+        self.read = request_response(pixel_info)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST":
+            await place_endpoint(scope, receive, send)
+        else:
+            await self.read(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -146,8 +194,7 @@ API_ROUTES = [
     Route("/canvas", canvas, methods=["GET"]),
     Route("/session", new_session, methods=["POST"]),
     Route("/board", board, methods=["GET"]),
-    Route("/pixel", place_endpoint, methods=["POST"]),
-    Route("/pixel", pixel_info, methods=["GET"]),
+    Route("/pixel", PixelEndpoint(), methods=["GET", "HEAD", "POST"]),
     Route("/me", me, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
