@@ -57,7 +57,7 @@ class Settings:
     # connection stays open, how long a response may wait for a client that does not
     # read, and the open connections of one address (else 429; from trusted proxies,
     # the requests in progress of one forwarded address).
-    http_max_header_bytes: int = 16 * 1024
+    http_max_header_bytes: int = 8 * 1024
     http_header_timeout_seconds: float = 10.0
     http_body_timeout_seconds: float = 10.0
     http_keepalive_timeout_seconds: float = 5.0
