@@ -377,3 +377,53 @@ async def test_request_that_is_not_http_gets_a_json_400(server: LiveServer) -> N
         assert status == 400 and headers["content-type"] == "application/json"
         assert error_of(body) == "bad_request"
         writer.close()
+
+
+# -- distributed: the store's servers down --------------------------------------------
+
+
+async def test_pixel_and_me_answer_503_while_redis_or_postgresql_is_down(
+    cluster: Any, redis_server: Any, postgres: Any
+) -> None:
+    api = f"http://127.0.0.1:{cluster.api_ports[0]}"
+    headers = auth(mint_token())
+
+    async def reads(c: httpx.AsyncClient) -> list[httpx.Response]:
+        return [
+            await c.get(api + "/api/pixel", params={"x": 1, "y": 1}),
+            await c.get(api + "/api/me", headers=headers),
+        ]
+
+    async with httpx.AsyncClient(timeout=WAIT) as c:
+        assert [r.status_code for r in await reads(c)] == [200, 200]
+        redis_server.kill()
+        for r in await reads(c):
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            assert r.headers["retry-after"] == "1"
+        redis_server.start()  # empty: the persister restores the board
+        async with asyncio.timeout(30):
+            while [r.status_code for r in await reads(c)] != [200, 200]:
+                await asyncio.sleep(0.1)
+        postgres.kill()
+        try:
+            for r in await reads(c):
+                assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+        finally:
+            postgres.start_again()
+
+
+async def test_store_read_that_does_not_answer_in_time_is_a_503(
+    server_factory: Factory, settings: Settings
+) -> None:
+    srv: LiveServer = await server_factory(settings.with_(store_read_timeout_seconds=0.2))
+
+    async def stuck(*args: object) -> None:
+        await asyncio.sleep(3600)
+
+    srv.app.state.store.pixel = srv.app.state.store.user = stuck  # a paused server
+    async with httpx.AsyncClient(base_url=srv.url, timeout=WAIT) as c:
+        for r in (
+            await c.get("/api/pixel?x=1&y=1"),
+            await c.get("/api/me", headers=auth(mint_token())),
+        ):
+            assert r.status_code == 503 and r.json()["error"] == "unavailable"

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import asyncpg
+import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
@@ -29,6 +31,15 @@ from openplace.core.placement import StoreUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# What a store read raises when its servers are down or restarting: the store's own
+# StoreUnavailable, socket errors, and the client libraries' connection errors (the
+# distributed store's pixel() and user() let these through).
+STORE_OUTAGES: tuple[type[BaseException], ...] = (
+    StoreUnavailable, TimeoutError, OSError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+)  # fmt: skip
+
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "?"
@@ -44,7 +55,7 @@ async def read_store(request: Request, reading: Awaitable[T]) -> T:
     try:
         timeout = request.app.state.settings.store_read_timeout_seconds
         return await asyncio.wait_for(reading, timeout)
-    except (StoreUnavailable, TimeoutError, OSError) as exc:
+    except STORE_OUTAGES as exc:
         log.warning("store read failed: %r", exc)
         raise APIError(
             503, "unavailable", "the store cannot be read now; try again",
