@@ -10,14 +10,19 @@ Clients that must count as another address connect from 127.0.0.2 and up (loopba
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from openplace.cluster import find_nginx, free_port, render_nginx
 from openplace.config import Settings
 from tests.conftest import LiveServer, auth, mint_token
 
@@ -427,3 +432,100 @@ async def test_store_read_that_does_not_answer_in_time_is_a_503(
             await c.get("/api/me", headers=auth(mint_token())),
         ):
             assert r.status_code == 503 and r.json()["error"] == "unavailable"
+
+
+# -- nginx (deploy/nginx.conf.template) -----------------------------------------------
+
+
+class Nginx:
+    """nginx from the template, in front of API ports that may not listen yet."""
+
+    def __init__(self, api_ports: list[int]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="op-nginx-"))
+        self.port = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(render_nginx(self.dir, f"127.0.0.1:{self.port}", api_ports, [free_port()]))
+        self.proc = subprocess.Popen(
+            [find_nginx(), "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"],
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def started(self) -> Nginx:
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    return self
+                except OSError:
+                    assert self.proc.poll() is None, "nginx exited"
+                    await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def nginx_factory() -> AsyncIterator[Callable[[list[int]], Any]]:
+    started: list[Nginx] = []
+
+    async def make(api_ports: list[int]) -> Nginx:
+        started.append(Nginx(api_ports))
+        return await started[-1].started()
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+async def nginx_answer(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        return await answer(reader)
+    finally:
+        writer.close()
+
+
+async def test_nginx_answers_its_own_refusals_in_json(nginx_factory: Any) -> None:
+    nginx: Nginx = await nginx_factory([free_port()])
+    body = b"x" * 8192
+    cases = [
+        (b"POST /api/pixel HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+         + body, 413, "body_too_large"),
+        (b"GET /api/canvas HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n",
+         431, "headers_too_large"),
+        (b"GET /api/canvas?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+         431, "headers_too_large"),
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n", 503, "unavailable"),
+    ]  # fmt: skip
+    for request, status, code in cases:
+        got, headers, answer_body = await nginx_answer(nginx.port, request)
+        assert got == status and headers["content-type"] == "application/json", answer_body
+        assert error_of(answer_body) == code
+
+
+async def test_nginx_early_requests_do_not_take_backends_out_of_the_pool(
+    nginx_factory: Any,
+) -> None:
+    ports = [free_port(), free_port()]
+    nginx: Nginx = await nginx_factory(ports)
+    request = b"GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n"
+    status, _, body = await nginx_answer(nginx.port, request)  # no API process listens yet
+    assert status == 503 and error_of(body) == "unavailable"
+
+    async def api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
+
+    servers = [await asyncio.start_server(api, "127.0.0.1", p) for p in ports]
+    try:  # now they listen: served at once, not after nginx's fail_timeout
+        for _ in range(4):
+            assert (await nginx_answer(nginx.port, request))[0] == 200
+    finally:
+        for server in servers:
+            server.close()

@@ -63,8 +63,8 @@ def render_nginx(run_dir: Path, listen: str, api: list[int], realtime: list[int]
         RUN_DIR=str(run_dir),
         STATIC_DIR=str(STATIC_DIR),
         LISTEN=listen,
-        API_SERVERS=" ".join(f"server 127.0.0.1:{p};" for p in api),
-        REALTIME_SERVERS=" ".join(f"server 127.0.0.1:{p};" for p in realtime),
+        API_SERVERS=" ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in api),
+        REALTIME_SERVERS=" ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in realtime),
     )
 
 
