@@ -103,3 +103,79 @@ async def test_store_refuses_a_board_of_another_size(tmp_path: Path) -> None:
     other = EmbeddedStore(tmp_path / "db.sqlite3", Geometry(32, 32), 0)
     with pytest.raises(RuntimeError, match="64x64"):
         await other.open()
+
+
+async def test_embedded_server_killed_under_load_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """`openplace serve` is SIGKILLed at seeded random moments while users place; after
+    each restart, every 200 it gave is on the board and in the log under its seq."""
+    import os
+    import random
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from openplace.cluster import free_port, wait_http
+
+    rng = random.Random(4)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OPENPLACE_DATA_DIR": str(tmp_path), "OPENPLACE_SECRET": "test-secret",
+           "OPENPLACE_WIDTH": "100", "OPENPLACE_HEIGHT": "80",
+           "OPENPLACE_COOLDOWN_SECONDS": "0"}  # fmt: skip
+    acked: dict[int, tuple[int, int]] = {}  # seq -> (index, colour)
+    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openplace.cli", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        wait_http(url + "/healthz", 30)
+        return proc
+
+    async def writer(c: httpx.AsyncClient, k: int, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            x, y, color = (k * 11 + n) % 100, (k * 5 + n // 100) % 80, (k + n) % 16
+            n += 1
+            try:
+                r = await c.post("/api/pixel", json={"x": x, "y": y, "color": color},
+                                 headers=auth(mint_token()))  # fmt: skip
+            except httpx.HTTPError:
+                await asyncio.sleep(0.01)  # killed: unknown outcome, try again later
+                continue
+            if r.status_code == 200:
+                acked[r.json()["seq"]] = (y * 100 + x, color)
+
+    proc = await asyncio.to_thread(start)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+            for _ in range(3):
+                stop = asyncio.Event()
+                writers = [asyncio.create_task(writer(c, k, stop)) for k in range(8)]
+                await asyncio.sleep(rng.uniform(0.3, 1.2))
+                proc.send_signal(signal.SIGKILL)  # in the middle of group commits
+                proc.wait()
+                stop.set()
+                await asyncio.gather(*writers)
+                proc = await asyncio.to_thread(start)
+            board = (await c.get("/api/board")).content
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+    db = sqlite3.connect(tmp_path / "openplace.sqlite3")
+    rows = {s: (i, col) for s, i, col in db.execute("SELECT seq, idx, color FROM placements")}
+    db.close()
+    assert len(acked) > 100
+    assert sorted(rows) == list(range(1, len(rows) + 1)), "the log is gapless"
+    for seq, item in acked.items():
+        assert rows.get(seq) == item, f"acknowledged {seq}: {item}; the log holds {rows.get(seq)}"
+    replay = Board(Geometry(100, 80))
+    for seq in sorted(rows):
+        replay.set(*rows[seq])
+    assert board == replay.snapshot()
