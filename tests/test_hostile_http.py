@@ -338,6 +338,32 @@ async def test_two_authorization_headers_are_a_400_everywhere(client: httpx.Asyn
     assert r.status_code == 200  # no cooldown was started
 
 
+async def test_described_body_is_exactly_the_accepted_body(client: httpx.AsyncClient) -> None:
+    """``color: 0.0`` is not an integer in the description (OpenAPI 3.0, JSON Schema
+    draft 4), and the server refuses it; unknown fields likewise."""
+    import jsonschema_rs
+
+    spec = (await client.get("/api/openapi.json")).json()
+    assert spec["openapi"].startswith("3.0.")
+    described = jsonschema_rs.Draft4Validator(spec["components"]["schemas"]["PlaceRequest"])
+    refused = [
+        {"x": 1, "y": 1, "color": 0.0},
+        {"x": 1.0, "y": 1, "color": 2},
+        {"x": 1, "y": 1, "color": 2, "pad": "x"},
+        {"x": 1, "y": 1, "color": 16},
+        {"x": 1, "y": 80, "color": 2},
+    ]
+    for body in refused:
+        assert not described.is_valid(body), body
+        r = await client.post("/api/pixel", json=body, headers=auth(mint_token()))
+        assert r.status_code == 400 and r.json()["error"].startswith("bad_"), body
+    assert (await client.get("/api/board")).headers["x-seq"] == "0"
+    body = {"x": 1, "y": 1, "color": 0}
+    assert described.is_valid(body)
+    r = await client.post("/api/pixel", json=body, headers=auth(mint_token()))
+    assert r.status_code == 200
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -1,4 +1,12 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at ``/api/openapi.json``."""
+"""The OpenAPI description of the HTTP API, served at ``/api/openapi.json``.
+
+It is OpenAPI 3.0 on purpose: its schemas' ``integer`` is a JSON number without a
+fraction (JSON Schema draft 4), which is what the API accepts. Under OpenAPI 3.1
+(JSON Schema 2020-12) ``1.0`` is an integer too, and the API refuses it. Every answer
+of every operation is listed, with its schema exactly (``additionalProperties: false``,
+required fields), including the HTTP server's own refusals (:mod:`openplace.api.limits`).
+The links let a stateful run chain a session to the operations that need its token.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +16,70 @@ from openplace import __version__
 from openplace.config import Settings
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
-    return {
+def _json(schema: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
+    if headers:
+        out["headers"] = headers
+    return out
 
 
-_TS = {"type": ["string", "null"], "format": "date-time"}
+def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
+    return _json("Error", description, {"Retry-After": _RETRY_AFTER} if retry_after else None)
+
+
+_RETRY_AFTER = {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+_TS = {"type": "string", "format": "date-time", "nullable": True}
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+# What the HTTP server itself may answer to any request (openplace/api/limits.py).
+_SERVER = {
+    "408": {"$ref": "#/components/responses/Timeout"},
+    "429": {"$ref": "#/components/responses/TooMany"},
+    "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _responses(**codes: dict[str, Any]) -> dict[str, Any]:
+    """An operation's answers: ``codes`` (status -> response), the server's own, and
+    400 for a request that is not valid HTTP."""
+    out = {"400": _error("Bad request"), **_SERVER}
+    out.update({code.lstrip("_"): r for code, r in codes.items()})
+    return dict(sorted(out.items()))
+
+
+def _session_links() -> dict[str, Any]:
+    bearer = {"header.Authorization": "Bearer {$response.body#/token}"}
+    return {
+        "Me": {"operationId": "getMe", "parameters": bearer},
+        "Place": {"operationId": "placePixel", "parameters": bearer},
+    }
 
 
 def openapi_schema(settings: Settings) -> dict[str, Any]:
+    x_max, y_max = settings.width - 1, settings.height - 1
     coords = [
         {
-            "name": "x",
+            "name": name,
             "in": "query",
             "required": True,
-            "schema": {"type": "integer", "minimum": 0, "maximum": settings.width - 1},
-        },
-        {
-            "name": "y",
-            "in": "query",
-            "required": True,
-            "schema": {"type": "integer", "minimum": 0, "maximum": settings.height - 1},
-        },
+            "schema": {"type": "integer", "minimum": 0, "maximum": top},
+        }
+        for name, top in (("x", x_max), ("y", y_max))
     ]
+    unavailable = _error("The store cannot be reached now; nothing changed", retry_after=True)
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.0.3",
         "info": {
             "title": "openplace",
             "version": __version__,
@@ -52,30 +89,34 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
         "paths": {
             "/api/canvas": {
                 "get": {
+                    "operationId": "getCanvas",
                     "summary": "Board size, palette and cooldown",
-                    "responses": {"200": _ok("Canvas")},
+                    "responses": _responses(_200=_json("Canvas", "OK")),
                 }
             },
             "/api/session": {
                 "post": {
+                    "operationId": "createSession",
                     "summary": "Create an anonymous identity (rate-limited per IP)",
-                    "responses": {
-                        "201": _ok("Session", "Created"),
-                        "429": _error("Too many sessions from this address"),
-                    },
+                    "responses": _responses(
+                        _201={**_json("Session", "Created"), "links": _session_links()},
+                        _429=_error("Too many sessions or connections from this address", True),
+                    ),
                 }
             },
             "/api/board": {
                 "get": {
+                    "operationId": "getBoard",
                     "summary": "The packed board, 4 bits a pixel (Redis BITFIELD u4 layout)",
                     "description": "Pixel i = y*width + x is in byte i//2, high nibble for even i. "
                     "Header X-Seq: seq of the last placement included; resume /ws from it.",
-                    "responses": {
-                        "200": {
-                            "description": "width*height/2 bytes",
+                    "responses": _responses(
+                        _200={
+                            "description": "width*height/2 bytes (gzip-encoded if accepted)",
                             "headers": {
-                                "X-Seq": {"schema": {"type": "integer"}},
-                                "ETag": {"schema": {"type": "string"}},
+                                "X-Seq": {"required": True, "schema": {"type": "integer"}},
+                                "X-Board-Id": {"required": True, "schema": {"type": "string"}},
+                                "ETag": {"required": True, "schema": {"type": "string"}},
                             },
                             "content": {
                                 "application/octet-stream": {
@@ -83,12 +124,14 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                 }
                             },
                         },
-                        "304": {"description": "Not modified (If-None-Match)"},
-                    },
+                        _304={"description": "Not modified (If-None-Match)"},
+                        _503=unavailable,
+                    ),
                 }
             },
             "/api/pixel": {
                 "post": {
+                    "operationId": "placePixel",
                     "summary": "Place a pixel",
                     "security": _AUTH,
                     "requestBody": {
@@ -99,98 +142,131 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {
-                        "200": _ok("Placed"),
-                        "400": _error("Bad coordinates, colour or body"),
-                        "401": _error("Missing or invalid token"),
-                        "413": _error("Body too large"),
-                        "429": _error("Cooldown: see retry_after, next_at and Retry-After"),
-                        "503": _error("Could not be stored; nothing changed"),
-                    },
+                    "responses": _responses(
+                        _200={
+                            **_json("Placed", "Placed and durable"),
+                            "links": {
+                                "PixelInfo": {
+                                    "operationId": "getPixel",
+                                    "parameters": {
+                                        "query.x": "$request.body#/x",
+                                        "query.y": "$request.body#/y",
+                                    },
+                                },
+                                "Me": {
+                                    "operationId": "getMe",
+                                    "parameters": {
+                                        "header.Authorization": "$request.header.Authorization"
+                                    },
+                                },
+                            },
+                        },
+                        _400=_error("Bad coordinates, colour, body or Authorization header"),
+                        _401=_error("Missing or invalid token"),
+                        _413=_error("Body too large"),
+                        _429=_error(
+                            "Cooldown (retry_after, next_at), or too many connections", True
+                        ),
+                        _503=_error(
+                            "Not stored (unavailable) or not confirmed in time (unconfirmed)", True
+                        ),
+                    ),
                 },
                 "get": {
+                    "operationId": "getPixel",
                     "summary": "Who placed this pixel, and when",
                     "parameters": coords,
-                    "responses": {"200": _ok("PixelInfo"), "400": _error("Bad coordinates")},
+                    "responses": _responses(
+                        _200=_json("PixelInfo", "OK"),
+                        _400=_error("Bad coordinates"),
+                        _503=unavailable,
+                    ),
                 },
             },
             "/api/me": {
                 "get": {
+                    "operationId": "getMe",
                     "summary": "My cooldown",
                     "security": _AUTH,
-                    "responses": {"200": _ok("Me"), "401": _error("Missing or invalid token")},
+                    "responses": _responses(
+                        _200=_json("Me", "OK"),
+                        _400=_error("More than one Authorization header"),
+                        _401=_error("Missing or invalid token"),
+                        _503=unavailable,
+                    ),
                 }
             },
             "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "Liveness: the board can be read",
+                    "responses": _responses(_200=_json("Health", "OK"), _503=unavailable),
+                }
             },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Timeout": _error("The request's headers or body took too long"),
+                "TooMany": _error("Too many connections or requests from this address", True),
+                "HeadersTooLarge": _error("The request line and headers are too large"),
+            },
             "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {
+                "Error": _object(
+                    {
                         "error": {"type": "string"},
                         "message": {"type": "string"},
-                        "retry_after": {"type": "number"},
-                        "next_at": _TS,
+                        "retry_after": {"type": "number", "minimum": 0},
+                        "next_at": {"type": "string", "format": "date-time"},
                     },
-                },
-                "Canvas": {
-                    "type": "object",
-                    "properties": {
-                        "width": {"type": "integer"},
-                        "height": {"type": "integer"},
+                    required=["error", "message"],
+                ),
+                "Canvas": _object(
+                    {
+                        "width": {"type": "integer", "minimum": 1},
+                        "height": {"type": "integer", "minimum": 1},
                         "palette": {
                             "type": "array",
-                            "items": {"type": "string"},
+                            "items": {"type": "string", "pattern": "^#[0-9A-F]{6}$"},
                             "minItems": 16,
                             "maxItems": 16,
                         },
-                        "cooldown_seconds": {"type": "number"},
-                    },
-                },
-                "Session": {
-                    "type": "object",
-                    "properties": {"token": {"type": "string"}, "user_id": {"type": "string"}},
-                },
-                "PlaceRequest": {
-                    "type": "object",
-                    "required": ["x", "y", "color"],
-                    "properties": {
-                        "x": {"type": "integer", "minimum": 0, "maximum": settings.width - 1},
-                        "y": {"type": "integer", "minimum": 0, "maximum": settings.height - 1},
+                        "cooldown_seconds": {"type": "number", "minimum": 0},
+                    }
+                ),
+                "Session": _object({"token": {"type": "string"}, "user_id": {"type": "string"}}),
+                "PlaceRequest": _object(
+                    {
+                        "x": {"type": "integer", "minimum": 0, "maximum": x_max},
+                        "y": {"type": "integer", "minimum": 0, "maximum": y_max},
                         "color": {"type": "integer", "minimum": 0, "maximum": 15},
-                    },
-                },
-                "Placed": {
-                    "type": "object",
-                    "properties": {
-                        "seq": {"type": "integer"},
+                    }
+                ),
+                "Placed": _object(
+                    {
+                        "seq": {"type": "integer", "minimum": 1},
                         "next_at": {"type": "string", "format": "date-time"},
-                    },
-                },
-                "Me": {
-                    "type": "object",
-                    "properties": {
-                        "user_id": {"type": "string"},
-                        "last_placed_at": _TS,
-                        "next_at": _TS,
-                    },
-                },
-                "PixelInfo": {
-                    "type": "object",
-                    "properties": {
-                        "x": {"type": "integer"},
-                        "y": {"type": "integer"},
-                        "color": {"type": "integer"},
-                        "user_id": {"type": ["string", "null"]},
+                    }
+                ),
+                "Me": _object(
+                    {"user_id": {"type": "string"}, "last_placed_at": _TS, "next_at": _TS}
+                ),
+                "PixelInfo": _object(
+                    {
+                        "x": {"type": "integer", "minimum": 0, "maximum": x_max},
+                        "y": {"type": "integer", "minimum": 0, "maximum": y_max},
+                        "color": {"type": "integer", "minimum": 0, "maximum": 15},
+                        "user_id": {"type": "string", "nullable": True},
                         "placed_at": _TS,
-                        "seq": {"type": ["integer", "null"]},
-                    },
-                },
+                        "seq": {"type": "integer", "minimum": 1, "nullable": True},
+                    }
+                ),
+                "Health": _object(
+                    {
+                        "status": {"type": "string", "enum": ["ok"]},
+                        "seq": {"type": "integer", "minimum": 0},
+                    }
+                ),
             },
         },
     }

@@ -75,6 +75,9 @@ def parse_json(body: bytes) -> Any:
         raise APIError(400, "bad_json", "request body is not valid JSON") from exc
 
 
+_FIELDS = frozenset(("x", "y", "color"))
+
+
 def _int_field(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if type(value) is not int:  # bools and floats are not coordinates
@@ -88,6 +91,8 @@ async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
     data = parse_json(body)
     if not isinstance(data, dict):
         raise APIError(400, "bad_request", 'expected an object {"x", "y", "color"}')
+    if len(data) > 3 and (unknown := data.keys() - _FIELDS):
+        raise APIError(400, "bad_request", f"unknown fields: {', '.join(sorted(unknown))[:200]}")
     x, y, color = _int_field(data, "x"), _int_field(data, "y"), _int_field(data, "color")
     store = state.store
     try:
