@@ -74,6 +74,10 @@ HEADERS_TOO_LARGE = error_bytes(
 HEADERS_TIMEOUT = error_bytes(408, "request_timeout", "the request headers took too long")
 BODY_TIMEOUT = error_bytes(408, "request_timeout", "the request body took too long")
 BAD_HTTP = error_bytes(400, "bad_request", "invalid HTTP request")
+# After an answer that closes the connection, input is read and dropped for this long
+# (or this much) before the connection is reset.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 _BUSY_BODY = orjson.dumps(
     {"error": "too_many_connections", "message": "too many requests in progress from this address"}
 )
@@ -152,7 +156,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._address: str | None = None  # the connection's slot (untrusted peers)
         self._request_address: str | None = None  # the request's slot (trusted peers)
         self._trusted_peer = False
-        self._refused = False
+        self._closing = False  # answered and half-closed: input is discarded
+        self._discarded = 0
         self._in_head = True  # reading a request line and headers
         self._head_bytes = 0
         self._body_pending = False
@@ -174,15 +179,27 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def _refuse(self) -> None:
-        """Over the address's cap: answer 429 at once, then close (reading is dropped)."""
-        self._refused = True
+        """Over the address's cap: answer 429 at once, then close."""
+        self._close_with(TOO_MANY_CONNECTIONS)
+
+    def _close_with(self, response: bytes) -> None:
+        """Answer ``response`` (unless another answer is being written) and close. The
+        connection half-closes and reads on, discarding, for a moment (at most
+        :data:`LINGER_SECONDS` and :data:`LINGER_BYTES`): a client that is still sending
+        then reads the answer instead of a reset."""
+        if self._ended():
+            return
+        self._disarm()
         transport = self.transport
-        transport.write(TOO_MANY_CONNECTIONS)
-        if transport.can_write_eof():
-            transport.write_eof()  # the client reads the answer, then the connection ends
-            self._arm(1.0, transport.abort)
-        else:
+        if self._busy() or not transport.can_write_eof():
+            if not self._busy():
+                transport.write(response)
             transport.close()
+            return
+        self._closing = True
+        transport.write(response)
+        transport.write_eof()
+        self._arm(LINGER_SECONDS, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -202,7 +219,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._request_address = None
 
     def eof_received(self) -> None:
-        if self._refused:
+        if self._closing:
             self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
@@ -227,16 +244,12 @@ class GuardedProtocol(HttpToolsProtocol):
             self._send_deadline.cancel()
             self._send_deadline = None
 
+    def _ended(self) -> bool:
+        return self._closing or self.transport.is_closing()
+
     def _busy(self) -> bool:
         """A request is being answered (a pipelined head must not answer in between)."""
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
-
-    def _answer_and_close(self, response: bytes) -> None:
-        self._disarm()
-        if not self.transport.is_closing():
-            if not self._busy():
-                self.transport.write(response)
-            self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._deadline = None
@@ -245,7 +258,7 @@ class GuardedProtocol(HttpToolsProtocol):
         elif self._head_bytes == 0:
             self.transport.close()  # idle: nothing to answer
         else:
-            self._answer_and_close(HEADERS_TIMEOUT)
+            self._close_with(HEADERS_TIMEOUT)
 
     def _body_timed_out(self) -> None:
         self._deadline = None
@@ -275,18 +288,21 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- parsing -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._closing:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.transport.abort()
             return
         limit = self.limits.max_header_bytes
         while self._in_head:
             room = limit - self._head_bytes
             if room <= 0:
-                self._answer_and_close(HEADERS_TOO_LARGE)
+                self._close_with(HEADERS_TOO_LARGE)
                 return
             chunk = data if len(data) <= room else data[:room]
             self._head_bytes += len(chunk)
             super().data_received(chunk)
-            if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            if self._ended() or self.transport.get_protocol() is not self:
                 return  # refused by the parser, or upgraded to a websocket
             if len(chunk) == len(data):
                 data = b""
@@ -294,7 +310,7 @@ class GuardedProtocol(HttpToolsProtocol):
             data = data[len(chunk) :]
         if data:
             super().data_received(data)
-        if self._body_pending and self._deadline is None and not self.transport.is_closing():
+        if self._body_pending and self._deadline is None and not self._ended():
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_begin(self) -> None:
@@ -349,10 +365,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
-        self._disarm()
-        if not self._busy():
-            self.transport.write(BAD_HTTP)
-        self.transport.close()
+        self._close_with(BAD_HTTP)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
