@@ -557,3 +557,58 @@ async def test_nginx_early_requests_do_not_take_backends_out_of_the_pool(
     finally:
         for server in servers:
             server.close()
+
+
+# -- distributed: an API process has the same limits ----------------------------------
+
+
+class Port:
+    """A server address for :func:`connect` (an API process's port)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+async def test_distributed_api_process_has_the_same_limits(
+    postgres: Any, redis_server: Any
+) -> None:
+    from openplace.cluster import Cluster
+    from tests.conftest import cluster_env
+
+    env = cluster_env(
+        redis_server.url, await postgres.new_database(),
+        OPENPLACE_HTTP_HEADER_TIMEOUT_SECONDS="0.5", OPENPLACE_HTTP_BODY_TIMEOUT_SECONDS="0.5",
+        OPENPLACE_HTTP_MAX_CONNECTIONS_PER_IP="5",
+    )  # fmt: skip
+    cluster = Cluster(Settings.from_env(env), api=1, realtime=1, env=env)
+    await asyncio.to_thread(cluster.start)
+    try:
+        api: Any = Port(cluster.api_ports[0])
+        reader, writer = await connect(api)
+        writer.write(b"GET /api/canvas HTTP/1.1\r\nX-Pad: " + b"a" * 20_000)
+        status, _, body = await answer(reader)
+        assert status == 431 and error_of(body) == "headers_too_large"
+        writer.close()
+
+        reader, writer = await connect(api)
+        assert await closed(reader)  # silent
+        writer.close()
+        reader, writer = await connect(api)
+        writer.write(b"POST /api/pixel HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n{")
+        status, _, body = await answer(reader)
+        assert status == 408 and error_of(body) == "request_timeout"
+        writer.close()
+
+        held = [await connect(api, "127.0.0.2") for _ in range(5)]
+        reader, writer = await connect(api, "127.0.0.2")
+        status, _, body = await answer(reader)
+        assert status == 429 and error_of(body) == "too_many_connections"
+        writer.close()
+        for _, w in held:
+            w.close()
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=WAIT) as c:  # via nginx
+            r = await c.get("/api/canvas", headers={"X-Pad": "a" * 9000})
+            assert r.status_code == 431 and r.json()["error"] == "headers_too_large"
+            assert (await c.get("/api/canvas")).status_code == 200
+    finally:
+        await asyncio.to_thread(cluster.stop)
