@@ -186,3 +186,20 @@ async def test_one_address_cannot_hold_more_than_its_cap(
     await served(srv.url, "127.0.0.3")
     await served(srv.url)
     assert held() == cap
+
+
+def test_servers_raise_their_open_file_limit_to_the_hard_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, hard, 256)
+    code = (
+        "import resource; from openplace.api.limits import raise_fd_limit; "
+        "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)),
+    ).stdout.split()  # fmt: skip
+    expected = hard if hard != resource.RLIM_INFINITY else low
+    assert [int(v) for v in out] == [expected, expected]
