@@ -300,3 +300,30 @@ async def test_board_cache_reads_the_store_once_for_a_burst() -> None:
     cache = BoardCache(SlowStore(), refresh=0)  # type: ignore[arg-type]
     got = await asyncio.gather(*[cache.get() for _ in range(50)])
     assert SlowStore.calls == 1 and {g.seq for g in got} == {7}
+
+
+def test_settings_refuse_unknown_variables_and_malformed_values() -> None:
+    from openplace.config import Settings
+
+    with pytest.raises(ValueError, match="OPENPLACE_COOLDOWN_SECOND is not a setting "
+                                         r"\(did you mean OPENPLACE_COOLDOWN_SECONDS\?\)"):
+        Settings.from_env({"OPENPLACE_COOLDOWN_SECOND": "5"})
+    # The tooling's own variables are not the program's.
+    Settings.from_env({"OPENPLACE_VENV": "/x", "OPENPLACE_TEST_CASES": "9"})
+    for name, raw in [("OPENPLACE_PORT", "80_80"), ("OPENPLACE_PORT", "\uff18\uff10"),
+                      ("OPENPLACE_PORT", "1.5"), ("OPENPLACE_COOLDOWN_SECONDS", "nan"),
+                      ("OPENPLACE_COOLDOWN_SECONDS", "1_0"), ("OPENPLACE_LOG_LEVEL", "LOUD")]:
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: raw})
+    s = Settings.from_env({"OPENPLACE_PORT": " 9000 ", "OPENPLACE_DATA_DIR": "~/x",
+                           "OPENPLACE_LOG_LEVEL": "debug", "OPENPLACE_REDIS_URL": ""})
+    assert (s.port, s.data_dir.name, s.log_level, s.redis_url) == (9000, "x", "debug", None)
+
+
+def test_every_setting_has_a_typed_parser() -> None:
+    from typing import get_type_hints
+
+    from openplace.config import PARSERS, Settings
+
+    for name, hint in get_type_hints(Settings).items():
+        assert hint in PARSERS, f"Settings.{name}: no parser for {hint}"

@@ -9,9 +9,9 @@ Each mode is one ``schemathesis run`` (the command line, as an attacker would ru
 with every check, positive and negative data, and every phase: examples, coverage,
 fuzzing, and stateful scenarios along the description's links (a session's token to
 ``GET /api/me`` and ``POST /api/pixel``, a placement to its pixel and to ``/api/me``).
-``OPENPLACE_FUZZ_EXAMPLES`` (default 400) is the number of examples per operation; the
-case counts are printed at the end, e.g. ``OPENPLACE_FUZZ_EXAMPLES=2000 .venv/bin/pytest
-tests/test_schemathesis.py`` for a long run. ``OPENPLACE_FUZZ_SEED`` replays a run.
+``OPENPLACE_TEST_FUZZ_EXAMPLES`` (default 400) is the number of examples per operation; the
+case counts are printed at the end, e.g. ``OPENPLACE_TEST_FUZZ_EXAMPLES=2000 .venv/bin/pytest
+tests/test_schemathesis.py`` for a long run. ``OPENPLACE_TEST_FUZZ_SEED`` replays a run.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from openplace.config import Settings
 from tests.conftest import cluster_env, mint_token
 from tests.services import PostgresServer, RedisServer
 
-EXAMPLES = int(os.environ.get("OPENPLACE_FUZZ_EXAMPLES", "400"))
-SEED = os.environ.get("OPENPLACE_FUZZ_SEED")
+EXAMPLES = int(os.environ.get("OPENPLACE_TEST_FUZZ_EXAMPLES", "400"))
+SEED = os.environ.get("OPENPLACE_TEST_FUZZ_SEED")
 COOLDOWN = 0.2  # short: POST /api/pixel answers both 200 and 429 (cooldown)
 COUNTS: dict[str, int] = {}
 # Schemathesis's defaults, plus 413 (body too large) and 431 (headers too large): a
@@ -60,7 +60,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
         with capture.global_and_fixture_disabled():
             reporter.write_line(
                 f"\nschemathesis: {sum(COUNTS.values())} cases ({shown}; "
-                f"OPENPLACE_FUZZ_EXAMPLES={EXAMPLES})"
+                f"OPENPLACE_TEST_FUZZ_EXAMPLES={EXAMPLES})"
             )
 
 

@@ -228,7 +228,9 @@ def cluster(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openplace", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (OPENPLACE_LOG_LEVEL)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_ in [
         ("serve", serve, "run the whole canvas in one process (embedded mode)"),
@@ -251,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="nginx port (default 8000)")
     p.set_defaults(func=cluster)
     args = parser.parse_args(argv)
-    logs.setup(args.log_level.upper())
     try:
+        logs.setup((args.log_level or Settings.from_env().log_level).upper())
         return int(args.func(args))
     except ValueError as exc:  # configuration errors
         print(f"openplace: {exc}", file=sys.stderr)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, get_type_hints
 
 ENV_PREFIX = "OPENPLACE_"
+# Variables of the scripts and the test tooling, not of the program.
+RESERVED = ("OPENPLACE_VENV", "OPENPLACE_TEST_")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _default_data_dir() -> Path:
@@ -70,6 +76,8 @@ class Settings:
     # Distributed mode (unset: embedded).
     redis_url: str | None = None
     database_url: str | None = None
+    # DEBUG, INFO, WARNING or ERROR (the command's --log-level overrides it).
+    log_level: str = "INFO"
 
     @property
     def distributed(self) -> bool:
@@ -81,16 +89,28 @@ class Settings:
         return self.width * self.height
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Self:
-        """Read ``OPENPLACE_*`` variables; unknown ones are ignored."""
-        env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {}
-        for f in cls.__dataclass_fields__.values():
-            raw = env.get(ENV_PREFIX + f.name.upper())
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """Read the ``OPENPLACE_*`` variables; one that is not a setting is an error.
+
+        ``OPENPLACE_VENV`` and ``OPENPLACE_TEST_*`` are the tooling's, not the program's.
+        """
+        env = os.environ if env is None else env
+        known = {ENV_PREFIX + name.upper(): name for name in cls.__dataclass_fields__}
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX)
+                         and k not in known and not k.startswith(RESERVED))  # fmt: skip
+        if unknown:
+            raise ValueError("; ".join(_unknown(name, known) for name in unknown))
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for var, name in known.items():
+            raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(f.name, f.type, raw)
-        settings = cls(**values)  # type: ignore[arg-type]
+            try:
+                values[name] = PARSERS[hints[name]](raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}: {exc}") from None
+        settings = cls(**values)
         settings.validate()
         return settings
 
@@ -127,6 +147,8 @@ class Settings:
             raise ValueError("OPENPLACE_ACK_TIMEOUT_SECONDS must be > 0")
         if self.cooldown_seconds < 0:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"OPENPLACE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 
     def resolve_secret(self) -> str:
         """The token-signing secret: configured, or generated once and kept in the data dir."""
@@ -154,15 +176,43 @@ class Settings:
         return f"Settings({shown}, secret={'set' if self.secret else 'unset'})"
 
 
-def _parse(name: str, typ: object, raw: str) -> object:
-    t = str(typ)
+def _int(raw: str) -> int:
+    text = raw.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        raise ValueError(f"expected a whole number, got {raw!r}")
+    return int(text)
+
+
+def _float(raw: str) -> float:
     try:
-        if "int" in t and "Path" not in t:
-            return int(raw)
-        if "float" in t:
-            return float(raw)
-        if "Path" in t:
-            return Path(raw).expanduser()
-    except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: cannot parse {raw!r}") from exc
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if not math.isfinite(value) or "_" in raw:
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _text(raw: str) -> str:
     return raw
+
+
+# One parser per field type (tests check that every field has one).
+PARSERS: dict[object, Callable[[str], object]] = {
+    int: _int,
+    float: _float,
+    Path: _path,
+    str: _text,
+    str | None: _text,
+}
+
+
+def _unknown(name: str, known: dict[str, str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{name} is not a setting{hint}"
