@@ -39,7 +39,7 @@ async def _deny(ws: WebSocket, refusal: Refusal) -> None:
 async def websocket_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
     try:
-        since, board = parse_query(ws.query_params)
+        since, board = parse_query(ws.scope.get("query_string", b"").decode("latin-1"))
     except Refusal as refusal:
         await _deny(ws, refusal)
         return
@@ -67,6 +67,7 @@ async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) 
         # The fast path: the hub writes frames straight to the transport, and closing a
         # slow client closes the transport, which ends _receive. One task per client.
         fast = TransportSubscriber(ext["transport"], hub.send_buffer)
+        ext["bind"](fast)  # pongs count against the same budget
         try:
             await hub.attach(fast, since, board)
             await _receive(ws, fast)

@@ -54,6 +54,8 @@ async def run_realtime(settings: Settings) -> None:
     server = await serve(
         hub, settings.host, settings.port,
         max_message=settings.ws_max_message_bytes, trusted_proxies=settings.trusted_proxies,
+        max_handshake=settings.http_max_header_bytes,
+        handshake_timeout=settings.http_header_timeout_seconds,
     )  # fmt: skip
     log.info("realtime serving on %s:%d", settings.host, settings.port)
     try:

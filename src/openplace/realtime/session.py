@@ -1,14 +1,27 @@
 """What a websocket client may ask, and the answers: shared by both servers of ``/ws``
-(the ASGI endpoint in one-process mode, the lean server of realtime processes)."""
+(the ASGI endpoint in one-process mode, the lean server of realtime processes).
+
+Everything here is total: any input gets an answer or a :class:`Refusal`, never
+another exception, so hostile input cannot produce a traceback or a 500.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from urllib.parse import parse_qsl
 
 import orjson
+from websockets.exceptions import SecurityError
 
 from openplace.core.wire import control
+
+MAX_SINCE_DIGITS = 19  # a seq is a signed 64-bit integer (PostgreSQL bigint)
+MAX_SINCE = 2**63 - 1
+MAX_BOARD_CHARS = 64
+MAX_PING_ID_CHARS = 64
+MAX_QUERY_FIELDS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +35,75 @@ class Refusal(Exception):
     def body(self) -> bytes:
         return orjson.dumps({"error": self.code, "message": self.message})
 
+    def http(self, *, allow: str | None = None) -> bytes:
+        """The whole HTTP/1.1 response; the connection is closed after it."""
+        extra = [("Allow", allow)] if allow else []
+        return http_response(self.status, self.body(), extra)
 
-def parse_query(params: Mapping[str, str]) -> tuple[int | None, str | None]:
-    """``(since, board)`` of a ``/ws`` query, or :class:`Refusal`."""
-    since_raw = params.get("since")
-    if since_raw is not None and not (since_raw.isascii() and since_raw.isdigit()):
-        raise Refusal(400, "bad_since", "since must be a non-negative integer")
-    board = params.get("board")
-    if board is not None and not (0 < len(board) <= 64 and board.isprintable()):
-        raise Refusal(400, "bad_board", "board must be the X-Board-Id of a board fetch")
-    return (int(since_raw) if since_raw is not None else None), board
+
+def http_response(
+    status: int, body: bytes, extra: list[tuple[str, str]] | None = None, *, head: bool = False
+) -> bytes:
+    """A complete JSON HTTP/1.1 response with ``Connection: close`` (no body for HEAD)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    headers = [
+        ("Date", formatdate(usegmt=True)),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *(extra or []),
+    ]
+    lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers), "", ""]
+    return "\r\n".join(lines).encode("latin-1") + (b"" if head else body)
+
+
+BAD_SINCE = Refusal(400, "bad_since", f"since must be an integer 0..{MAX_SINCE}, given once")
+BAD_BOARD = Refusal(400, "bad_board", "board must be the X-Board-Id of a board fetch, given once")
+BAD_QUERY = Refusal(400, "bad_query", "malformed query string")
+TOO_MANY = Refusal(429, "too_many_connections", "too many connections from this address")
+TOO_LARGE = Refusal(431, "headers_too_large", "the request line and headers are too large")
+TOO_SLOW = Refusal(408, "request_timeout", "the upgrade request took too long")
+BAD_REQUEST = Refusal(400, "bad_request", "malformed HTTP request")
+
+
+def handshake_refusal(exc: BaseException | None) -> Refusal:
+    """The answer to an upgrade request that websockets could not parse."""
+    return TOO_LARGE if isinstance(exc, SecurityError) else BAD_REQUEST
+
+
+def parse_query(query: str) -> tuple[int | None, str | None]:
+    """``(since, board)`` of a raw ``/ws`` query string, or :class:`Refusal`.
+
+    ``since`` is 1..19 ASCII digits (no sign, no ``_``, no other digit systems) up to
+    2**63 - 1; ``board`` is 1..64 printable characters. Each at most once; other
+    parameters are ignored.
+    """
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict",
+                          max_num_fields=MAX_QUERY_FIELDS)  # fmt: skip
+    except ValueError:  # too many fields, or percent-escapes that are not UTF-8
+        raise BAD_QUERY from None
+    since: int | None = None
+    board: str | None = None
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key in seen and key in ("since", "board"):
+            raise BAD_SINCE if key == "since" else BAD_BOARD
+        seen.add(key)
+        if key == "since":
+            # isascii() first: str.isdigit() also accepts e.g. Arabic-Indic digits.
+            ok = 0 < len(value) <= MAX_SINCE_DIGITS and value.isascii() and value.isdigit()
+            if not ok or int(value) > MAX_SINCE:
+                raise BAD_SINCE
+            since = int(value)
+        elif key == "board":
+            if not (0 < len(value) <= MAX_BOARD_CHARS and value.isprintable()):
+                raise BAD_BOARD
+            board = value
+    return since, board
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[str]) -> str:
@@ -40,22 +112,35 @@ def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[str]
     if forwarded_for and peer in trusted:
         last = forwarded_for.rsplit(",", 1)[-1].strip()
         if last:
-            return last
+            return last[:64]
     return peer
 
 
-TOO_MANY = Refusal(429, "too_many_connections", "too many connections from this address")
+PING_EXPECTED = (
+    'expected {"type": "ping", "id": null, a boolean, a number '
+    f"or a string of at most {MAX_PING_ID_CHARS} characters}}"
+)
+BAD_MESSAGE = control("error", error="bad_message", message=PING_EXPECTED)
+BINARY_REFUSED = control("error", error="bad_message", message="binary frames not accepted")
+
+
+def _scalar_id(value: object) -> bool:
+    # orjson only yields finite floats and integers within 64 bits, which it can
+    # write back; containers (nested up to its depth limit) are what it cannot.
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    return isinstance(value, str) and len(value) <= MAX_PING_ID_CHARS
 
 
 def answer_text(text: str) -> str:
     """The reply to a client's text message: ``ping`` gets ``pong``, else an error."""
     try:
         body = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict) and body.get("type") == "ping":
-        return control("pong", id=body.get("id"))
-    return control("error", error="bad_message", message='expected {"type": "ping"}')
-
-
-BINARY_REFUSED = control("error", error="bad_message", message="binary frames not accepted")
+    except ValueError:  # orjson.JSONDecodeError, including nesting over its depth limit
+        return BAD_MESSAGE
+    if not (isinstance(body, dict) and body.get("type") == "ping"):
+        return BAD_MESSAGE
+    ping_id = body.get("id")
+    if not _scalar_id(ping_id):
+        return BAD_MESSAGE
+    return control("pong", id=ping_id)

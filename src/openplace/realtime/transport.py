@@ -6,9 +6,13 @@ client: the hub encodes each message once (payload *and* framing) and this modul
 writes that one ``bytes`` object to every transport. No per-client task, queue or
 encoding, which is what lets one process feed thousands of clients.
 
-uvicorn keeps the websocket handshake, incoming frames, pings and closing; the only
-change to it is :class:`WSProtocol`, which hands the connection's transport to the app
-through an ASGI scope extension.
+uvicorn keeps the websocket handshake, incoming frames, pings and closing.
+:class:`WSProtocol` changes it where a hostile client could hurt: it hands the
+connection's transport to the app through an ASGI scope extension, counts the pongs it
+writes against the client's output budget, answers an upgrade request websockets cannot
+parse (e.g. a line over 8 KiB) with a JSON error instead of never, closes on invalid
+UTF-8 with 1007 without logging a traceback, and does not log an error for every
+refused upgrade.
 """
 
 from __future__ import annotations
@@ -17,19 +21,73 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Close, Frame, Opcode
+from websockets.frames import Close, CloseCode, Frame, Opcode
+
+from openplace.realtime.session import handshake_refusal
 
 EXTENSION = "openplace.transport"
+# Before the app has bound the client's budget (a moment after the handshake), pings
+# are answered only while the client's backlog is below this.
+UNBOUND_BACKLOG = 64 * 1024
 
 
 class WSProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websocket protocol, exposing its transport to the app."""
+    """uvicorn's websocket protocol, hardened and exposing its transport to the app.
+
+    The scope extension :data:`EXTENSION` holds ``transport`` and ``bind``: the app
+    calls ``bind(subscriber)`` and from then on pongs go through the subscriber, so
+    they count against the same budget as everything else sent to the client.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink: TransportSubscriber | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app task is created but has not run yet
-            scope["extensions"][EXTENSION] = {"transport": self.transport}
+            scope["extensions"][EXTENSION] = {"transport": self.transport, "bind": self.bind}
+
+    def bind(self, sink: TransportSubscriber) -> None:
+        self.sink = sink
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        conn = self.conn
+        if conn.handshake_exc is not None and not self.handshake_initiated:
+            # websockets could not parse the request and queued a plain-text answer
+            # that uvicorn never writes: answer in JSON, and close.
+            conn.data_to_send()
+            self.handshake_initiated = self.handshake_complete = self.close_sent = True
+            if not self.transport.is_closing():
+                self.transport.write(handshake_refusal(conn.handshake_exc).http())
+                self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # uvicorn forgets that a denial response completes the handshake, and logs
+            # an error for every refused upgrade.
+            self.handshake_complete = True
+
+    def handle_ping(self) -> None:
+        pong = b"".join(self.conn.data_to_send())
+        if self.sink is not None:
+            self.sink.write(pong)  # over the budget: closed with 4008, like a slow reader
+        elif self.transport.get_write_buffer_size() < UNBOUND_BACKLOG:
+            self.transport.write(pong)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:  # uvicorn would log a traceback per message
+                self.frames = []
+                self.conn.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
 
 
 def encode(message: bytes | str) -> bytes:
