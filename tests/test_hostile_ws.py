@@ -475,8 +475,9 @@ def test_thousands_of_clients_that_never_read(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Every placement reaches the client that reads, and the server's memory grows by
-    at most the send budget per silent client (unbounded: every byte sent to them)."""
-    n = int(os.environ.get("OPENPLACE_SILENT_CLIENTS", "2000"))
+    at most the send budget per silent client (unbounded: every byte sent to them).
+    ``OPENPLACE_TEST_SILENT_CLIENTS`` sets how many (2,000)."""
+    n = int(os.environ.get("OPENPLACE_TEST_SILENT_CLIENTS", "2000"))
     rounds, per_round, budget = 50, 2000, 32 * 1024
     limits = {"ws_max_connections_per_ip": n + 10, "http_max_connections_per_ip": n + 100}
     child = Child(kind, tmp_path, ws_send_buffer_bytes=budget, child_sndbuf=4096, **limits)

@@ -7,8 +7,9 @@ The servers must answer every case with a close code (the one websockets' own pr
 says, or 1007 for text that is not UTF-8) or a pong, never log a traceback or an
 error, and keep feeding the other clients every placement.
 
-Case counts are printed at the end. ``OPENPLACE_FUZZ_SCALE=20`` runs 20 times more
-(the default run takes a few seconds per test).
+Case counts are printed at the end. ``OPENPLACE_TEST_FUZZ_SCALE=20`` runs 20 times more
+(the default run takes a few seconds per test); ``OPENPLACE_TEST_FUZZ_SEED=<n>`` makes
+the run repeatable.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
@@ -49,17 +50,22 @@ from tests.test_hostile_ws import LogWatch, Target, start_target
 from tests.test_realtime import StreamClient
 from tests.wsraw import Peer, close, frame, text, upgrade
 
-SCALE = float(os.environ.get("OPENPLACE_FUZZ_SCALE", "1"))
+SCALE = float(os.environ.get("OPENPLACE_TEST_FUZZ_SCALE", "1"))
+SEED = os.environ.get("OPENPLACE_TEST_FUZZ_SEED")  # replays a run
 T = TypeVar("T")
 
 
 def fuzz(n: int) -> Any:
-    return settings(
+    """Run ``n`` examples (times the scale), from ``SEED`` if one is given."""
+    config = settings(
         max_examples=max(1, int(n * SCALE)),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    if SEED is None:
+        return config
+    return lambda test: seed(int(SEED))(config(test))
 
 
 @pytest.fixture(scope="module")
