@@ -54,7 +54,7 @@ def identify(signer: TokenSigner, authorization: str) -> Identity:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return signer.verify(token.strip())
+        return signer.verify(token.strip(" \t"))  # HTTP's whitespace, not str.strip()'s
     except InvalidToken as exc:
         raise APIError(
             401,

@@ -12,8 +12,6 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import asyncpg
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
@@ -31,14 +29,8 @@ from openplace.core.placement import StoreUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a store read raises when its servers are down or restarting: the store's own
-# StoreUnavailable, socket errors, and the client libraries' connection errors (the
-# distributed store's pixel() and user() let these through).
-STORE_OUTAGES: tuple[type[BaseException], ...] = (
-    StoreUnavailable, TimeoutError, OSError,
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-)  # fmt: skip
+# What a store read raises when its servers are down, restarting or paused.
+STORE_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailable, TimeoutError)
 
 
 def client_ip(request: Request) -> str:

@@ -19,15 +19,17 @@ reply was lost would be a second placement. A lost reply is answered 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from datetime import datetime
 
 import asyncpg
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -80,6 +82,23 @@ def _fail(batch: list[_Request], message: str, *, maybe_placed: bool = False) ->
     for *_, future in batch:
         if not future.done():
             future.set_exception(StoreUnavailable(message, maybe_placed=maybe_placed))
+
+
+# A server down or restarting, as each client library reports it.
+_OUTAGES = (
+    OSError, RedisConnectionError, RedisTimeoutError,
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _outage() -> Iterator[None]:
+    """Report Redis or PostgreSQL being unreachable as :class:`StoreUnavailable`."""
+    try:
+        yield
+    except _OUTAGES as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _answer(waiter: _Waiter, outcome: Outcome) -> None:
@@ -259,23 +278,25 @@ class DistributedStore:
 
     async def pixel(self, index: int) -> PixelInfo:
         assert self._pg is not None and self._redis is not None
-        row = await self._pg.fetchrow(
-            "SELECT color, user_id, ts, seq FROM pixels WHERE idx = $1", index
-        )
-        if row is not None:
-            ts: datetime = row["ts"]
-            return PixelInfo(index, row["color"], row["user_id"], ts.timestamp(), row["seq"])
-        (color,) = await self._redis.bitfield(keys.BOARD).get("u4", f"#{index}").execute()
+        with _outage():
+            row = await self._pg.fetchrow(
+                "SELECT color, user_id, ts, seq FROM pixels WHERE idx = $1", index
+            )
+            if row is not None:
+                ts: datetime = row["ts"]
+                return PixelInfo(index, row["color"], row["user_id"], ts.timestamp(), row["seq"])
+            (color,) = await self._redis.bitfield(keys.BOARD).get("u4", f"#{index}").execute()
         return PixelInfo(index, int(color or 0))
 
     async def user(self, user_id: str) -> UserState:
         assert self._pg is not None and self._redis is not None
-        raw = await self._redis.get(keys.COOLDOWN + user_id)
-        if raw is not None:
-            last: float | None = int(raw) / 1000
-        else:
-            ts = await self._pg.fetchval(
-                "SELECT last_placed FROM users WHERE user_id = $1", user_id
-            )
-            last = ts.timestamp() if ts is not None else None
+        with _outage():
+            raw = await self._redis.get(keys.COOLDOWN + user_id)
+            if raw is not None:
+                last: float | None = int(raw) / 1000
+            else:
+                ts = await self._pg.fetchval(
+                    "SELECT last_placed FROM users WHERE user_id = $1", user_id
+                )
+                last = ts.timestamp() if ts is not None else None
         return UserState(user_id, last, next_allowed(last, self.cooldown, time.time()))
