@@ -275,7 +275,7 @@ def test_configuration_errors_are_clear() -> None:
 
     with pytest.raises(ValueError, match="OPENPLACE_WIDTH"):
         Settings.from_env({"OPENPLACE_WIDTH": "0"})
-    with pytest.raises(ValueError, match="cannot parse"):
+    with pytest.raises(ValueError, match="OPENPLACE_COOLDOWN_SECONDS: expected a number"):
         Settings.from_env({"OPENPLACE_COOLDOWN_SECONDS": "soon"})
     with pytest.raises(ValueError, match="REPLAY_LIMIT"):
         Settings.from_env({"OPENPLACE_REPLAY_LIMIT": "0"})
