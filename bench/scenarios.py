@@ -431,12 +431,12 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
     """An embedded data dir with ``n`` placements; time until ``openplace serve`` answers."""
     import sqlite3
 
-    from openplace.storage.embedded import SCHEMA
+    from openplace.storage.embedded import migrate
 
     history = SynthHistory.make(n)
     data_dir = Path(tempfile.mkdtemp(prefix="op-bench-restart-"))
     db = sqlite3.connect(data_dir / "openplace.sqlite3")
-    db.executescript(SCHEMA)
+    migrate(db)
     db.executemany("INSERT INTO meta VALUES (?, ?)", [("board_id", "bench"), ("size", "1000x1000")])
     for done, rows in history.batches(time.time()):
         db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
