@@ -529,10 +529,15 @@ async def test_nginx_answers_its_own_refusals_in_json(nginx_factory: Any) -> Non
          431, "headers_too_large"),
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
         (b"GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n", 503, "unavailable"),
+        (b"GET /api/pixel?x=1&y=1 HTTP/1.1\r\nHost: t\r\n\r\n", 503, "unavailable"),
+        # A backend that failed may have placed it: not "nothing changed".
+        (b'POST /api/pixel HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}',
+         503, "unconfirmed"),
     ]  # fmt: skip
     for request, status, code in cases:
         got, headers, answer_body = await nginx_answer(nginx.port, request)
         assert got == status and headers["content-type"] == "application/json", answer_body
+        assert headers["x-content-type-options"] == "nosniff"
         assert error_of(answer_body) == code
 
 
