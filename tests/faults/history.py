@@ -6,8 +6,9 @@ An operation ends in one of three ways:
 - ``fail``: definitely not placed. A 4xx, or the API's own 503 ``unavailable``
   ("nothing changed"), or a connection to nginx that could not be opened.
 - ``unknown``: it may or may not have been placed. A timeout or a broken connection,
-  503 ``unconfirmed``, nginx's 503 ``unavailable`` (nginx says so when its backend died
-  mid-request, after the backend may have placed it), any other 5xx.
+  503 ``unconfirmed`` (the API's, or nginx's when no backend answered: the backend may
+  have placed it before it died), nginx's 503 ``unavailable`` (kept for older nginx
+  configurations), any other 5xx.
 """
 
 from __future__ import annotations
