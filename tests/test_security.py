@@ -116,6 +116,28 @@ async def test_app_sends_security_headers_on_every_response(client: httpx.AsyncC
     assert page.headers["content-type"].startswith("text/html")
 
 
+async def test_an_internal_error_carries_the_security_headers_too(
+    server: Any, client: httpx.AsyncClient
+) -> None:
+    async def broken(index: int) -> None:
+        raise RuntimeError("a bug")
+
+    server.app.state.store.pixel = broken
+    r = await client.get("/api/pixel", params={"x": 1, "y": 1})
+    assert r.status_code == 500 and r.json()["error"] == "internal"
+    assert_security_headers(r)
+
+
+def test_settings_repr_hides_passwords_in_urls() -> None:
+    from openplace.config import Settings
+
+    s = Settings(secret="s3cret-value", redis_url="redis://:hunter2@r:6379/0",
+                 database_url="postgresql://op:pa55word@db/openplace")  # fmt: skip
+    shown = repr(s)
+    assert "hunter2" not in shown and "pa55word" not in shown and "s3cret-value" not in shown
+    assert "redis://" in shown and "@db/openplace" in shown
+
+
 @pytest.fixture
 async def nginx(server: LiveServer) -> AsyncIterator[NginxFront]:
     front = NginxFront(server.port)

@@ -171,9 +171,11 @@ class Settings:
             tmp.unlink()
         return value
 
-    def __repr__(self) -> str:  # never print the secret
+    def __repr__(self) -> str:  # never print the secret, nor a password in a URL
+        from openplace.logs import redact
+
         shown = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "secret"}
-        return f"Settings({shown}, secret={'set' if self.secret else 'unset'})"
+        return redact(f"Settings({shown}, secret={'set' if self.secret else 'unset'})")
 
 
 def _int(raw: str) -> int:

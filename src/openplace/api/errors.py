@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openplace.api.json import JSONResponse
+from openplace.web.security import HEADERS
 
 _CODES = {
     400: "bad_request",
@@ -61,4 +62,5 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal", "internal server error")
+    # Rendered by Starlette's outermost middleware, outside SecurityHeaders: add them here.
+    return error_response(500, "internal", "internal server error", HEADERS)
