@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.services import PostgresServer
+from harness.servers import PostgresServer
 
 from bench import report, scenarios
 from bench.stack import Distributed, Embedded

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services import PostgresServer
+from harness.servers import PostgresServer
 
 from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss
-from openplace.cluster import wait_http
+from openplace.distributed.cluster import wait_http
 
 Say = Callable[[str], None]
 
@@ -231,9 +231,9 @@ _NGINX_STATIC: list[subprocess.Popen[bytes]] = []
 
 
 def _static_nginx(path: Path) -> str:
-    from tests.services import free_port
+    from harness.servers import free_port
 
-    from openplace.cluster import find_nginx
+    from openplace.distributed.cluster import find_nginx
 
     port = free_port()
     conf = path.parent / "static-nginx.conf"
@@ -268,9 +268,9 @@ def stop_static_nginx() -> None:
 def redis_ceiling(duration_requests: int = 200_000) -> dict[str, Any]:
     """``redis-benchmark`` running the placement Lua script, no HTTP, no PostgreSQL."""
     import redis as redis_sync
-    from tests.services import RedisServer
+    from harness.servers import RedisServer
 
-    from openplace.storage.distributed import keys
+    from openplace.distributed import keys
 
     server = RedisServer().start()
     try:
@@ -373,11 +373,11 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
 
     import asyncpg
     import redis.asyncio as aioredis
-    from tests.services import RedisServer
+    from harness.servers import RedisServer
 
     from openplace.core.board import Geometry
-    from openplace.storage.distributed.persister import Persister
-    from openplace.storage.distributed.schema import migrate, set_meta
+    from openplace.distributed.persister import Persister
+    from openplace.distributed.schema import migrate, set_meta
 
     history = SynthHistory.make(n)
 
@@ -431,7 +431,7 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
     """An embedded data dir with ``n`` placements; time until ``openplace serve`` answers."""
     import sqlite3
 
-    from openplace.storage.embedded import migrate
+    from openplace.embedded.store import migrate
 
     history = SynthHistory.make(n)
     data_dir = Path(tempfile.mkdtemp(prefix="op-bench-restart-"))

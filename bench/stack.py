@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import psutil
-from tests.services import PostgresServer, RedisServer, free_port
+from harness.servers import PostgresServer, RedisServer, free_port
 
-from openplace.cluster import wait_http
+from openplace.distributed.cluster import wait_http
 
 SECRET = "bench-secret"
 
@@ -114,8 +114,8 @@ class Distributed:
     def start(self, postgres: PostgresServer, database_url: str | None = None) -> Distributed:
         import asyncio
 
-        from openplace.cluster import Cluster
         from openplace.config import Settings
+        from openplace.distributed.cluster import Cluster
 
         self.redis = RedisServer().start()
         self.database_url = database_url or asyncio.run(postgres.new_database())

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from harness.servers import PostgresServer, RedisServer, free_port
 
+from openplace.api.server import uvicorn_config
 from openplace.app import create_app
 from openplace.auth.tokens import Identity, TokenSigner
-from openplace.cli import uvicorn_config
 from openplace.config import Settings
-from tests.services import PostgresServer, RedisServer, free_port
 
 pytest_plugins = ["tests.leftovers"]  # the run leaves no folders or processes behind
 
@@ -150,7 +150,7 @@ async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> AsyncI
 
     ``cluster.db_url`` is its database.
     """
-    from openplace.cluster import Cluster
+    from openplace.distributed.cluster import Cluster
 
     db = await postgres.new_database()
     env = cluster_env(redis_server.url, db)

@@ -1,4 +1,4 @@
-"""The acknowledgement rules (storage/distributed/acks.py), driven in-process.
+"""The acknowledgement rules (distributed/acks.py), driven in-process.
 
 The state machine at the end plays a whole distributed world in memory: Redis
 accepting placements and dying, the persister committing and restoring, announcements
@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from openplace.storage.distributed.acks import (
+from openplace.distributed.acks import (
     Accepted,
     Acks,
     BoardId,

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from harness.servers import free_port
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -27,8 +28,6 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-
-from tests.services import free_port
 
 pytestmark = pytest.mark.browser
 

@@ -29,11 +29,11 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio
+from harness.servers import RedisServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from openplace.storage.distributed.keys import ONLINE
+from openplace.distributed.keys import ONLINE
 from tests.conftest import auth, mint_token
-from tests.services import RedisServer
 from tests.test_browser import (
     CANVAS_SHOWS,
     CHROMIUM,

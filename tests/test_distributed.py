@@ -13,13 +13,13 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from harness.servers import PostgresServer, RedisServer, free_port
 from websockets.asyncio.client import connect
 
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import Placement, StoreUnavailable
 from openplace.core.wire import decode_frame
 from tests.conftest import auth, mint_token
-from tests.services import PostgresServer, RedisServer, free_port
 
 W, H = 100, 80
 
@@ -239,8 +239,8 @@ async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
     Redis accepted but nobody committed; Redis dies and is restored at head 3; store 2's
     placements are committed as seqs 4..8; only then does store 1's feed look. Store 1
     must not answer its placements with those seqs."""
-    from openplace.storage.distributed.persister import Persister
-    from openplace.storage.distributed.store import DistributedStore
+    from openplace.distributed.persister import Persister
+    from openplace.distributed.store import DistributedStore
 
     db = await postgres.new_database()
     geometry = Geometry(W, H)
@@ -306,8 +306,8 @@ async def patient_cluster(
     postgres: PostgresServer, redis_server: RedisServer
 ) -> AsyncIterator[Any]:
     """A cluster whose API processes wait 30 s for a placement to be confirmed."""
-    from openplace.cluster import Cluster
     from openplace.config import Settings
+    from openplace.distributed.cluster import Cluster
     from tests.conftest import cluster_env
 
     db = await postgres.new_database()
@@ -395,7 +395,7 @@ async def test_resume_from_postgresql_when_the_stream_was_trimmed(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from openplace.storage.distributed import keys
+    from openplace.distributed import keys
 
     api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
     async with httpx.AsyncClient(timeout=20) as c:
@@ -431,7 +431,7 @@ async def test_persister_refuses_a_redis_that_saves_to_disk(
     postgres: PostgresServer, redis_server: RedisServer
 ) -> None:
     """A Redis restarted from its own files would reuse seqs under the same board id."""
-    from openplace.storage.distributed.persister import Persister, RedisPersists
+    from openplace.distributed.persister import Persister, RedisPersists
 
     db = await postgres.new_database()
     r = aioredis.from_url(redis_server.url)
@@ -511,10 +511,11 @@ async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluste
 async def test_postgresql_outage_confirms_late_and_loses_nothing(redis_server: RedisServer) -> None:
     """With PostgreSQL down, placements are answered 503 "unconfirmed" (never 200); when
     it is back, the persister reconnects and commits them, and the log stays gapless."""
-    from openplace.cluster import Cluster
+    from harness.servers import PostgresServer
+
     from openplace.config import Settings
+    from openplace.distributed.cluster import Cluster
     from tests.conftest import cluster_env
-    from tests.services import PostgresServer
 
     pg = PostgresServer().start()
     db = await pg.new_database()

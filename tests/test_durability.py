@@ -10,7 +10,7 @@ import pytest
 
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import CooldownActive, StoreUnavailable
-from openplace.storage.embedded import EmbeddedStore
+from openplace.embedded.store import EmbeddedStore
 from tests.conftest import LiveServer, auth, mint_token
 
 
@@ -117,7 +117,7 @@ async def test_embedded_server_killed_under_load_loses_nothing_acknowledged(
     import subprocess
     import sys
 
-    from openplace.cluster import free_port, wait_http
+    from openplace.distributed.cluster import free_port, wait_http
 
     rng = random.Random(4)
     port = free_port()

@@ -22,8 +22,8 @@ import httpx
 import orjson
 import pytest
 
-from openplace.cluster import find_nginx, free_port, render_nginx
 from openplace.config import Settings
+from openplace.distributed.cluster import find_nginx, free_port, render_nginx
 from tests.conftest import LiveServer, auth, mint_token
 
 WAIT = 15.0  # generous: how long a client waits for something that must happen
@@ -462,7 +462,7 @@ async def test_store_read_that_does_not_answer_in_time_is_a_503(
             assert r.status_code == 503 and r.json()["error"] == "unavailable"
 
 
-# -- nginx (deploy/nginx.conf.template) -----------------------------------------------
+# -- nginx (distributed/nginx.conf.template) -----------------------------------------
 
 
 class Nginx:
@@ -577,7 +577,7 @@ class Port:
 async def test_distributed_api_process_has_the_same_limits(
     postgres: Any, redis_server: Any
 ) -> None:
-    from openplace.cluster import Cluster
+    from openplace.distributed.cluster import Cluster
     from tests.conftest import cluster_env
 
     env = cluster_env(

@@ -23,8 +23,8 @@ import httpx
 import psutil
 import pytest
 
-from openplace.cluster import free_port, wait_http
 from openplace.config import Settings
+from openplace.distributed.cluster import free_port, wait_http
 from tests.conftest import LiveServer, auth, mint_token
 
 WAIT = 30.0

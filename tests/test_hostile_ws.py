@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import websockets
+from harness.servers import free_port
 from websockets.asyncio.client import connect
 from websockets.frames import Opcode
 from websockets.sync.client import connect as sync_connect
@@ -29,13 +30,12 @@ from websockets.sync.client import connect as sync_connect
 from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.core.wire import decode_frame
+from openplace.distributed.websocket_server import serve
+from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub
-from openplace.realtime.server import serve
 from openplace.realtime.transport import TransportSubscriber
-from openplace.storage.embedded import EmbeddedStore
 from tests.conftest import LiveServer
-from tests.services import free_port
 from tests.test_realtime import StreamClient
 from tests.wsraw import RawClient, frame, text, upgrade
 

@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from harness.servers import free_port
 from websockets.asyncio.client import connect
 
 from openplace.config import Settings
 from openplace.core.board import Geometry
+from openplace.distributed.websocket_server import serve
+from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.process import build_hub
-from openplace.realtime.server import serve
-from openplace.storage.embedded import EmbeddedStore
-from tests.services import free_port
 from tests.test_realtime import StreamClient
 
 

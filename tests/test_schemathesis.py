@@ -29,13 +29,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from harness.servers import PostgresServer, RedisServer
 
+from openplace.api.server import uvicorn_config
 from openplace.app import create_app
-from openplace.cli import uvicorn_config
-from openplace.cluster import Cluster, free_port
 from openplace.config import Settings
+from openplace.distributed.cluster import Cluster, free_port
 from tests.conftest import cluster_env, mint_token
-from tests.services import PostgresServer, RedisServer
 
 EXAMPLES = int(os.environ.get("OPENPLACE_TEST_FUZZ_EXAMPLES", "400"))
 SEED = os.environ.get("OPENPLACE_TEST_FUZZ_SEED")

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from harness.servers import PostgresServer, free_port
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -28,11 +29,10 @@ from websockets.sync.client import connect
 
 from openplace import logs
 from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
-from openplace.cluster import find_nginx, render_nginx, wait_http
 from openplace.config import Settings
+from openplace.distributed.cluster import find_nginx, render_nginx, wait_http
 from openplace.web.security import CONTENT_SECURITY_POLICY, HEADERS
 from tests.conftest import LiveServer, auth, new_token
-from tests.services import PostgresServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE_FILES = ["/", "/index.html", "/app.js", "/board.js", "/net.js", "/view.js", "/style.css",
@@ -46,8 +46,8 @@ def assert_security_headers(r: httpx.Response) -> None:
 
 
 class NginxFront:
-    """``deploy/nginx.conf.template`` rendered in front of one openplace server (its API
-    and websocket pools both that server), serving the page from disk."""
+    """``distributed/nginx.conf.template`` rendered in front of one openplace server (its
+    API and websocket pools both that server), serving the page from disk."""
 
     def __init__(self, backend_port: int, listen_extra: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="op-nginx-"))

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from harness.servers import PostgresServer, RedisServer
 
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import CooldownActive, Placement
 from openplace.core.wire import RECORD_SIZE, encode_record
 from openplace.storage.base import Feed, Store
-from tests.services import PostgresServer, RedisServer
 
 W, H = 40, 30
 GEOMETRY = Geometry(W, H)
@@ -54,7 +54,7 @@ class Embedded:
     async def store(self) -> Store:
         if self._open:  # one process, one store: it is also the feed
             return self._open[0]  # type: ignore[no-any-return]
-        from openplace.storage.embedded import EmbeddedStore
+        from openplace.embedded.store import EmbeddedStore
 
         s = EmbeddedStore(self.path, GEOMETRY, self.cooldown, snapshot_every=self.snapshot_every)
         await s.open()
@@ -91,7 +91,7 @@ class Distributed:
         self._open: list[Any] = []
 
     async def start(self) -> Distributed:
-        from openplace.storage.distributed.persister import Persister
+        from openplace.distributed.persister import Persister
 
         self.persister = Persister(self.redis_url, self.db_url, GEOMETRY, self.cooldown,
                                    snapshot_every=self.snapshot_every)  # fmt: skip
@@ -101,7 +101,7 @@ class Distributed:
         return self
 
     async def store(self) -> Store:
-        from openplace.storage.distributed.store import DistributedStore
+        from openplace.distributed.store import DistributedStore
 
         s = DistributedStore(self.redis_url, self.db_url, GEOMETRY, self.cooldown)
         await s.open()
@@ -109,7 +109,7 @@ class Distributed:
         return s
 
     async def feed(self) -> Feed:
-        from openplace.storage.distributed.feed import RedisFeed
+        from openplace.distributed.feed import RedisFeed
 
         f = RedisFeed.from_urls(self.redis_url, self.db_url)
         await f.open()
@@ -299,7 +299,7 @@ async def test_an_embedded_database_from_before_versioning_is_upgraded(tmp_path:
     """Databases made before migrations were numbered (user_version 0) keep their data."""
     import sqlite3
 
-    from openplace.storage.embedded import MIGRATIONS, EmbeddedStore
+    from openplace.embedded.store import MIGRATIONS, EmbeddedStore
 
     path = tmp_path / "old.sqlite3"
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:

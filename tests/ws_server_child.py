@@ -26,13 +26,13 @@ import orjson
 
 from openplace.config import Settings
 from openplace.core.board import Geometry
+from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.hub import Hub
-from openplace.storage.embedded import EmbeddedStore
 
 
 async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
+    from openplace.distributed.websocket_server import serve
     from openplace.realtime.process import build_hub
-    from openplace.realtime.server import serve
 
     store = EmbeddedStore(settings.data_dir / "lean.sqlite3", Geometry(settings.width,
                           settings.height), settings.cooldown_seconds)  # fmt: skip
@@ -53,8 +53,8 @@ async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
 async def _embedded(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
     import uvicorn
 
+    from openplace.api.server import uvicorn_config
     from openplace.app import create_app
-    from openplace.cli import uvicorn_config
 
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(app, settings))
@@ -83,7 +83,7 @@ def _small_kernel_buffers(protocol: type[Any], size: int) -> None:
 
 async def main(kind: str, port: int) -> None:
     if sndbuf := int(os.environ.get("CHILD_SNDBUF", "0")):
-        from openplace.realtime.server import Connection
+        from openplace.distributed.websocket_server import Connection
         from openplace.realtime.transport import WSProtocol
 
         _small_kernel_buffers(Connection if kind == "lean" else WSProtocol, sndbuf)

@@ -1,10 +1,9 @@
 """The composition root: build the ASGI app for a mode and a set of roles.
 
-Embedded mode (the default) runs every role in one process on an
-:class:`~openplace.storage.embedded.EmbeddedStore`. In distributed mode
-(``OPENPLACE_REDIS_URL`` and ``OPENPLACE_DATABASE_URL`` set) an ``api`` process holds a
-:class:`~openplace.storage.distributed.store.DistributedStore` and a ``realtime``
-process a :class:`~openplace.storage.distributed.feed.RedisFeed`.
+The mode (:mod:`openplace.embedded`, or :mod:`openplace.distributed` when
+``OPENPLACE_REDIS_URL`` and ``OPENPLACE_DATABASE_URL`` are set) builds the
+:class:`~openplace.services.Services` for the roles; this module adds the routes, the
+hub, the middleware and the lifespan around them, the same way for both.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,55 +31,36 @@ from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.tokens import TokenSigner
 from openplace.config import Settings
-from openplace.core.board import Geometry
 from openplace.realtime.endpoint import websocket_endpoint
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
-from openplace.storage.embedded import EmbeddedStore
+from openplace.services import ALL_ROLES, Build
 from openplace.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
-ALL_ROLES = frozenset({"api", "realtime", "web"})
+__all__ = ["ALL_ROLES", "STATIC_DIR", "create_app"]
+
+
+def mode(settings: Settings) -> Build:
+    """The ``build`` of the configured mode (imported only when used)."""
+    if settings.distributed:
+        from openplace.distributed import build
+    else:
+        from openplace.embedded import build
+    return build
 
 
 def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starlette:
     """An app serving ``roles``: ``api`` (HTTP API), ``realtime`` (/ws), ``web`` (page)."""
-    geometry = Geometry(settings.width, settings.height)
-    resources: list[Any] = []  # opened in order on start, closed in reverse
-    tasks: list[Any] = []
-    store: Any = None
+    services = mode(settings)(settings, roles)
+    store = services.store
     hub: Hub | None = None
+    tasks: list[asyncio.Task[None]] = []
     routes: list[BaseRoute] = []
-
-    if settings.distributed:
-        from openplace.storage.distributed.store import DistributedStore
-
-        if "api" in roles:
-            store = DistributedStore(
-                settings.redis_url or "",
-                settings.database_url or "",
-                geometry,
-                settings.cooldown_seconds,
-                ack_timeout=settings.ack_timeout_seconds,
-            )
-            resources.append(store)
-        if "realtime" in roles:
-            from openplace.storage.distributed.feed import RedisFeed
-
-            feed: Any = RedisFeed.from_urls(settings.redis_url or "", settings.database_url or "")
-            resources.append(feed)
-    else:
-        store = EmbeddedStore(
-            settings.data_dir / "openplace.sqlite3", geometry, settings.cooldown_seconds,
-            snapshot_every=settings.snapshot_every,
-        )  # fmt: skip
-        feed = store
-        resources.append(store)
-
     if "api" in roles:
         routes += ROUTES
-    if "realtime" in roles:
-        hub = build_hub(settings, feed)
+    if "realtime" in roles and services.feed is not None:
+        hub = build_hub(settings, services.feed)
         routes.append(WebSocketRoute("/ws", websocket_endpoint))
     if "web" in roles:
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"))
@@ -90,12 +69,14 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         opened = []
         try:
-            for r in resources:
+            for r in services.resources:
                 await r.open()
                 opened.append(r)
             if hub is not None:
                 await hub.start()
-                tasks.extend(start_background(hub, settings, getattr(feed, "redis", None)))
+                tasks.extend(start_background(hub, settings))
+                if services.background is not None:
+                    tasks.extend(services.background(hub))
             yield
         finally:
             for t in tasks:
@@ -122,6 +103,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
     app.state.store = store
     app.state.hub = hub
     if "api" in roles:
+        assert store is not None, "the api role needs a store"
         app.state.signer = TokenSigner(settings.resolve_secret())
         app.state.board_cache = BoardCache(store, settings.board_refresh_seconds)
         app.state.session_limiter = RateLimiter(settings.sessions_per_ip_per_minute, 60.0)

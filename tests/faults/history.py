@@ -20,7 +20,7 @@ from typing import Literal
 
 Outcome = Literal["ok", "fail", "unknown"]
 
-# nginx's own 503 body (deploy/nginx.conf.template, @unavailable): no backend answered.
+# nginx's own 503 body (distributed/nginx.conf.template, @unavailable).
 NGINX_UNAVAILABLE = "no backend answered"
 
 

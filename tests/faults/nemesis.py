@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import psutil
+from harness.servers import PostgresServer, RedisServer
 
-from openplace.cluster import Cluster
-from openplace.storage.distributed.schema import PERSISTER_LOCK
+from openplace.distributed.cluster import Cluster
+from openplace.distributed.schema import PERSISTER_LOCK
 from tests.faults.history import History
-from tests.services import PostgresServer, RedisServer
 
 KINDS = (
     "redis-kill",

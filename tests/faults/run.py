@@ -1,7 +1,7 @@
 """One run: start a stack, load it, inject faults, heal, settle, check, clean up.
 
 The stack is its own: a PostgreSQL server and a Redis server on free ports (from
-``tests.services``), and an :class:`openplace.cluster.Cluster` with 2 API processes,
+``harness.servers``), and an :class:`openplace.distributed.cluster.Cluster` with 2 API processes,
 2 realtime processes, an active and a standby persister, and nginx in front. Writers
 and websocket clients go through nginx.
 """
@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
+from harness.servers import PostgresServer, RedisServer
 
-from openplace.cluster import Cluster
 from openplace.config import Settings
 from openplace.core.board import Geometry
+from openplace.distributed.cluster import Cluster
 from tests.conftest import cluster_env
 from tests.faults.checker import ClientView, Report, Served, check
 from tests.faults.history import History
 from tests.faults.load import Follower, Writers
 from tests.faults.nemesis import KINDS, Nemesis, Stack
-from tests.services import PostgresServer, RedisServer
 
 
 @dataclass

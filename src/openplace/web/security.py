@@ -4,8 +4,8 @@ sniffing, no framing, no referrer.
 The page passes the policy as it is: its scripts are ES modules and its styles one
 stylesheet, all from the same origin, no inline code or ``style`` attributes, and its
 websocket is same-origin (``'self'`` covers ``ws:``/``wss:`` on the page's own host and
-port in CSP Level 3). ``deploy/nginx.conf.template`` sends the same headers with the
-files nginx serves from disk; keep the two in step (``tests/test_security.py`` checks).
+port in CSP Level 3). ``distributed/nginx.conf.template`` sends the same headers with
+the files nginx serves from disk; keep the two in step (``tests/test_security.py`` checks).
 """
 
 from __future__ import annotations

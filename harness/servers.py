@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from openplace.cluster import free_port
+from openplace.distributed.cluster import free_port
 
 __all__ = ["PostgresServer", "RedisServer", "free_port"]
 

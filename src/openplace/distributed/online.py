@@ -12,8 +12,8 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from openplace.distributed import keys
 from openplace.realtime.hub import Hub
-from openplace.storage.distributed import keys
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ async def report_online(hub: Hub, redis: aioredis.Redis, interval: float) -> Non
                 counts = await redis.hgetall(keys.ONLINE)
                 fresh, stale = 0, []
                 for proc, value in counts.items():
-                    n, expires = value.split(b" ")
+                    n, expires = keys.text(value).split(" ")
                     if int(expires) < now:
                         stale.append(proc)
                     else:

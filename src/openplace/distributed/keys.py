@@ -69,6 +69,11 @@ def parse_entry(fields: bytes) -> tuple[int, int, str, int]:
     return int(index), int(color), user.decode(), int(ts)
 
 
+def text(reply: bytes | str) -> str:
+    """A Redis string reply as text (redis-py types replies as ``bytes | str``)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 class StreamEntry(NamedTuple):
     """One placement as the stream holds it: its seq and its ``d`` field."""
 

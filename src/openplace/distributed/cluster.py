@@ -23,7 +23,7 @@ from pathlib import Path
 from openplace.app import STATIC_DIR
 from openplace.config import Settings
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf.template"
+TEMPLATE = Path(__file__).with_name("nginx.conf.template")  # package data
 
 
 def free_port() -> int:

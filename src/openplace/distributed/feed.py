@@ -20,9 +20,8 @@ from redis.exceptions import RedisError
 
 from openplace.core.history import TooOld
 from openplace.core.wire import RECORD_SIZE, encode_record
-from openplace.storage.base import Listener, ResetListener
-from openplace.storage.distributed import keys
-from openplace.storage.distributed.acks import (
+from openplace.distributed import keys
+from openplace.distributed.acks import (
     BoardId,
     CatchUp,
     FeedCursor,
@@ -31,6 +30,7 @@ from openplace.storage.distributed.acks import (
     Reset,
     Take,
 )
+from openplace.storage.base import Listener, ResetListener
 from openplace.storage.durability import check_complete
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ class RedisFeed:
         feed = cls(None, None)
         feed._urls = (redis_url, database_url)
         return feed
+
+    def bind(self, redis: aioredis.Redis, pg: asyncpg.Pool) -> None:
+        """Use connections its owner opened (an API process's store)."""
+        self._redis, self._pg = redis, pg
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -85,7 +89,7 @@ class RedisFeed:
     async def open(self, timeout: float = 30.0) -> None:
         """Wait until Redis holds a restored board, then follow the feed."""
         if self._urls is not None:
-            from openplace.storage.distributed.store import connect
+            from openplace.distributed.store import connect
 
             self._redis, self._pg = await connect(*self._urls)
         async with asyncio.timeout(timeout):
@@ -107,7 +111,7 @@ class RedisFeed:
             # A pub/sub connection to a Redis that went away can hang while closing.
             await asyncio.wait({self._task}, timeout=2.0)
         if self._urls is not None:
-            from openplace.storage.distributed.store import close_quietly
+            from openplace.distributed.store import close_quietly
 
             if self._redis is not None:
                 await close_quietly(self._redis.aclose())

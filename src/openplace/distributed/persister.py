@@ -32,9 +32,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from openplace.core.board import Board, Geometry
 from openplace.core.wire import encode_record
-from openplace.storage.distributed import keys
-from openplace.storage.distributed.acks import BoardId, continuing, restore_reason
-from openplace.storage.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+from openplace.distributed import keys
+from openplace.distributed.acks import BoardId, continuing, restore_reason
+from openplace.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
 from openplace.storage.durability import PRUNE_SNAPSHOTS, check_size, load_board, size_text
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Persister:
                 await self._redis.set(keys.COMMITTED, self.committed)
 
     async def close(self) -> None:
-        from openplace.storage.distributed.store import close_quietly
+        from openplace.distributed.store import close_quietly
 
         if self._redis is not None:
             await close_quietly(self._redis.aclose())

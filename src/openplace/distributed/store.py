@@ -44,10 +44,10 @@ from openplace.core.placement import (
     next_allowed,
 )
 from openplace.core.wire import RECORD_SIZE
-from openplace.storage.distributed import keys
-from openplace.storage.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
-from openplace.storage.distributed.feed import RedisFeed
-from openplace.storage.distributed.schema import migrate
+from openplace.distributed import keys
+from openplace.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
+from openplace.distributed.feed import RedisFeed
+from openplace.distributed.schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,13 @@ class DistributedStore:
         self.max_batch = 1000
         self._redis: aioredis.Redis | None = None
         self._pg: asyncpg.Pool | None = None
-        self.feed: RedisFeed | None = None
+        self.feed = RedisFeed(None, None)  # on this store's connections, from open()
 
     async def open(self) -> None:
         self._redis, self._pg = await connect(self.redis_url, self.database_url)
         self._place = self._redis.register_script(keys.PLACE_LUA)
         self._board = self._redis.register_script(keys.BOARD_LUA)
-        self.feed = RedisFeed(self._redis, self._pg)
+        self.feed.bind(self._redis, self._pg)
         self.feed.listen(self._committed, self._reset)
         await self.feed.open()
         self._acks.reset(self.feed.board, self.feed.last)
@@ -148,8 +148,7 @@ class DistributedStore:
     async def close(self) -> None:
         if self._checking is not None:
             self._checking.cancel()
-        if self.feed is not None:
-            await self.feed.close()
+        await self.feed.close()
         if self._redis is not None:
             await close_quietly(self._redis.aclose())
         if self._pg is not None:
@@ -218,7 +217,6 @@ class DistributedStore:
                 future.set_exception(CooldownActive(-int(r) / 1000 + self.cooldown, now))
 
     def _committed(self, first: int, records: bytes) -> None:
-        assert self.feed is not None
         upto = first + len(records) // RECORD_SIZE - 1
         for waiter in self._acks.committed_upto(self.feed.board, upto):
             _answer(waiter, Outcome.CONFIRMED)

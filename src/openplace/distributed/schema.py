@@ -28,7 +28,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
     # 2: the board (restore epoch) each placement was accepted under: a seq identifies a
-    # placement only together with it (see storage/distributed/acks.py).
+    # placement only together with it (see distributed/acks.py).
     """
     ALTER TABLE placements ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     """,
