@@ -64,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="embedded,distributed")
     parser.add_argument("--clients", type=int, help="websocket clients (distributed fan-out)")
     parser.add_argument("--rate", type=int, help="placements/s during the fan-out run")
-    parser.add_argument("--out", default="docs/benchmarks.md", help="report ('-': none)")
+    parser.add_argument(
+        "--out", default=None,
+        help="report ('-': none; default docs/benchmarks.md, but none for --smoke)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run's figures must not replace the committed report
+        args.out = "-" if args.smoke else "docs/benchmarks.md"
     scale = dict(SCALES["smoke" if args.smoke else "full"])
     if args.runs:
         scale["runs"] = args.runs
