@@ -24,6 +24,7 @@ import pytest
 
 from openplace.config import Settings
 from openplace.distributed.cluster import find_nginx, free_port, render_nginx
+from openplace.state import state_of
 from tests.conftest import LiveServer, auth, mint_token
 
 WAIT = 15.0  # generous: how long a client waits for something that must happen
@@ -446,14 +447,16 @@ async def test_pixel_and_me_answer_503_while_redis_or_postgresql_is_down(
 
 
 async def test_store_read_that_does_not_answer_in_time_is_a_503(
-    server_factory: Factory, settings: Settings
+    server_factory: Factory, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv: LiveServer = await server_factory(settings.with_(store_read_timeout_seconds=0.2))
 
     async def stuck(*args: object) -> None:
         await asyncio.sleep(3600)
 
-    srv.app.state.store.pixel = srv.app.state.store.user = stuck  # a paused server
+    store = state_of(srv.app).store
+    for method in ("pixel", "user"):  # a paused server
+        monkeypatch.setattr(store, method, stuck)
     async with httpx.AsyncClient(base_url=srv.url, timeout=WAIT) as c:
         for r in (
             await c.get("/api/pixel?x=1&y=1"),

@@ -35,6 +35,7 @@ from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub
 from openplace.realtime.transport import TransportSubscriber
+from openplace.state import state_of
 from tests.conftest import LiveServer
 from tests.test_realtime import StreamClient
 from tests.wsraw import RawClient, frame, text, upgrade
@@ -81,7 +82,9 @@ async def start_target(
     settings = _settings(tmp, **overrides)
     if kind == "embedded":
         srv = await LiveServer(settings).start()
-        target = Target(kind, srv.port, srv.app.state.hub, srv.app.state.store)
+        state = state_of(srv.app)
+        assert isinstance(state.store, EmbeddedStore)
+        target = Target(kind, srv.port, state.hub, state.store)
         target._stop = srv.stop
         return target
     store = EmbeddedStore(tmp / "lean.sqlite3", Geometry(100, 80), 0)

@@ -12,6 +12,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from openplace.core.wire import decode_frame
+from openplace.realtime.transport import TransportSubscriber
+from openplace.state import state_of
 from tests.conftest import LiveServer, auth, mint_token
 
 
@@ -228,7 +230,8 @@ async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow network
     slow = await connect(srv.ws_url + "?since=0", sock=sock, max_queue=1)
     slow.transport.pause_reading()  # and a client that stopped reading
-    (slow_sub,) = srv.app.state.hub.subscribers
+    (slow_sub,) = state_of(srv.app).hub.subscribers
+    assert isinstance(slow_sub, TransportSubscriber)
     server_sock = slow_sub.transport.get_extra_info("socket")
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     async with (
@@ -248,7 +251,7 @@ async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
                 break
         assert slow_sub.closed and slow_sub.close_reason == "too slow"
         assert sorted(fast.placements) == list(range(1, total + 1))
-        assert slow_sub not in srv.app.state.hub.subscribers
+        assert slow_sub not in state_of(srv.app).hub.subscribers
     slow.transport.resume_reading()
     with pytest.raises(websockets.ConnectionClosed) as exc:
         async with asyncio.timeout(10):

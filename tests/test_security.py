@@ -31,6 +31,7 @@ from openplace import logs
 from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.config import Settings
 from openplace.distributed.cluster import find_nginx, render_nginx, wait_http
+from openplace.state import state_of
 from openplace.web.security import CONTENT_SECURITY_POLICY, HEADERS
 from tests.conftest import LiveServer, auth, new_token
 
@@ -117,12 +118,12 @@ async def test_app_sends_security_headers_on_every_response(client: httpx.AsyncC
 
 
 async def test_an_internal_error_carries_the_security_headers_too(
-    server: Any, client: httpx.AsyncClient
+    server: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(index: int) -> None:
         raise RuntimeError("a bug")
 
-    server.app.state.store.pixel = broken
+    monkeypatch.setattr(state_of(server.app).store, "pixel", broken)
     r = await client.get("/api/pixel", params={"x": 1, "y": 1})
     assert r.status_code == 500 and r.json()["error"] == "internal"
     assert_security_headers(r)

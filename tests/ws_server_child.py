@@ -28,6 +28,7 @@ from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.hub import Hub
+from openplace.state import state_of
 
 
 async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
@@ -68,7 +69,9 @@ async def _embedded(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
         server.should_exit = True
         await task
 
-    return app.state.store, app.state.hub, stop
+    state = state_of(app)
+    assert isinstance(state.store, EmbeddedStore)
+    return state.store, state.hub, stop
 
 
 def _small_kernel_buffers(protocol: type[Any], size: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from openplace.realtime.endpoint import websocket_endpoint
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 from openplace.services import ALL_ROLES, Build
+from openplace.state import AppState
 from openplace.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -99,12 +101,14 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
         },
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = store
-    app.state.hub = hub
+    state = AppState(settings=settings, roles=frozenset(roles), store_=store, hub_=hub)
     if "api" in roles:
         assert store is not None, "the api role needs a store"
-        app.state.signer = TokenSigner(settings.resolve_secret())
-        app.state.board_cache = BoardCache(store, settings.board_refresh_seconds)
-        app.state.session_limiter = RateLimiter(settings.sessions_per_ip_per_minute, 60.0)
+        state = dataclasses.replace(
+            state,
+            signer_=TokenSigner(settings.resolve_secret()),
+            board_cache_=BoardCache(store, settings.board_refresh_seconds),
+            session_limiter_=RateLimiter(settings.sessions_per_ip_per_minute, 60.0),
+        )
+    app.state.openplace = state  # set once; read through openplace.state.state_of()
     return app

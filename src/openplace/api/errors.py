@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openplace.api.json import JSONResponse
 from openplace.web.security import HEADERS
 
 _CODES = {
@@ -44,10 +44,42 @@ class APIError(Exception):
         self.extra = extra
 
 
+def render_error(
+    code: str, message: str, headers: Mapping[str, str] | None = None, **extra: object
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The one JSON error renderer: the body ``{"error": code, "message": message,
+    **extra}`` and its raw headers (content type and length, then ``headers``). Every
+    JSON error goes through it: :func:`error_response` for Starlette, and the placement
+    fast path (:class:`~openplace.api.placing.PlaceEndpoint`), which sends raw ASGI."""
+    body = orjson.dumps({"error": code, "message": message, **extra})
+    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return body, raw
+
+
+class ErrorResponse(Response):
+    """A JSON error as a Starlette response, rendered by :func:`render_error`."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        self.status_code = status
+        self.background = None
+        self.body, self.raw_headers = render_error(code, message, headers, **extra)
+
+
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: object
-) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status, headers=headers)
+) -> Response:
+    return ErrorResponse(status, code, message, headers, **extra)
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:

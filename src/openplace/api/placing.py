@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openplace.api.errors import APIError
+from openplace.api.errors import APIError, render_error
 from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.core.board import InvalidPixel, check_color
 from openplace.core.placement import CooldownActive, StoreUnavailable
+from openplace.state import AppState, state_of
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _int_field(body: dict[str, Any], name: str) -> int:
     return value
 
 
-async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
+async def place(state: AppState, authorization: str, body: bytes) -> dict[str, Any]:
     """Validate a placement request, store it, and return the 200 answer's body."""
     identity = identify(state.signer, authorization)
     data = parse_json(body)
@@ -134,13 +135,13 @@ async def place(state: Any, authorization: str, body: bytes) -> dict[str, Any]:
 
 class PlaceEndpoint:
     """ASGI app for ``POST /api/pixel``: the request to :func:`place`, the answer back.
-    Collaborators come from ``scope["app"].state``."""
+    Collaborators come from :func:`~openplace.state.state_of`; errors are rendered by
+    :func:`~openplace.api.errors.render_error`, as everywhere else."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        state = state_of(scope)
         try:
-            limit: int = state.settings.max_body_bytes
+            limit = state.settings.max_body_bytes
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.isdigit() and int(value) > limit:
                     raise too_large(limit)
@@ -154,16 +155,20 @@ class PlaceEndpoint:
                 more = message.get("more_body", False)
                 if len(body) > limit:
                     raise too_large(limit)
-            status, payload = 200, await place(state, authorization_of(scope["headers"]), body)
+            payload = await place(state, authorization_of(scope["headers"]), body)
         except APIError as exc:
             status = exc.status
-            payload = {"error": exc.code, "message": exc.message, **exc.extra}
-            headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            content, headers = render_error(exc.code, exc.message, exc.headers, **exc.extra)
         except Exception:
             log.exception("placing failed")
-            status, payload = 500, {"error": "internal", "message": "internal server error"}
-        content = orjson.dumps(payload)
-        headers.append((b"content-length", str(len(content)).encode()))
+            status = 500
+            content, headers = render_error("internal", "internal server error")
+        else:
+            status, content = 200, orjson.dumps(payload)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(content)),
+            ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 

@@ -1,6 +1,6 @@
 """HTTP handlers: validate the request, call the store, shape the answer.
 
-Handlers find their collaborators on ``request.app.state`` (see
+Handlers find their collaborators through :func:`openplace.state.state_of` (built by
 :func:`openplace.app.create_app`): ``settings``, ``store``, ``signer``,
 ``board_cache`` and ``session_limiter``.
 """
@@ -25,6 +25,7 @@ from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
 from openplace.core.placement import StoreUnavailable
+from openplace.state import state_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,14 +39,14 @@ def client_ip(request: Request) -> str:
 
 
 def authenticate(request: Request) -> Identity:
-    return identify(request.app.state.signer, authorization_of(request.headers.raw))
+    return identify(state_of(request).signer, authorization_of(request.headers.raw))
 
 
 async def read_store(request: Request, reading: Awaitable[T]) -> T:
     """A store read, or a 503 if the store is unreachable or does not answer in time
     (distributed mode: Redis or PostgreSQL down or paused)."""
     try:
-        timeout = request.app.state.settings.store_read_timeout_seconds
+        timeout = state_of(request).settings.store_read_timeout_seconds
         return await asyncio.wait_for(reading, timeout)
     except STORE_OUTAGES as exc:
         log.warning("store read failed: %r", exc)
@@ -85,7 +86,7 @@ def accepts_gzip(header: str) -> bool:
 
 
 async def canvas(request: Request) -> Response:
-    s = request.app.state.settings
+    s = state_of(request).settings
     return JSONResponse(
         {
             "width": s.width,
@@ -98,21 +99,23 @@ async def canvas(request: Request) -> Response:
 
 
 async def new_session(request: Request) -> Response:
-    if not request.app.state.session_limiter.allow(client_ip(request)):
+    state = state_of(request)
+    if not state.session_limiter.allow(client_ip(request)):
         raise APIError(
             429,
             "rate_limited",
             "too many sessions from this address; wait a minute",
             headers={"Retry-After": "60"},
         )
-    signer = request.app.state.signer
+    signer = state.signer
     identity = signer.new_identity()
     return JSONResponse({"token": signer.issue(identity), "user_id": identity.user_id}, 201)
 
 
 async def board(request: Request) -> Response:
-    cached = await request.app.state.board_cache.get()
-    s = request.app.state.settings
+    state = state_of(request)
+    cached = await state.board_cache.get()
+    s = state.settings
     gz = accepts_gzip(request.headers.get("accept-encoding", ""))
     etag = cached.etag[:-1] + '-gz"' if gz else cached.etag
     headers = {
@@ -137,7 +140,7 @@ async def board(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     identity = authenticate(request)
-    state = await read_store(request, request.app.state.store.user(identity.user_id))
+    state = await read_store(request, state_of(request).store.user(identity.user_id))
     return JSONResponse(
         {
             "user_id": state.user_id,
@@ -150,7 +153,7 @@ async def me(request: Request) -> Response:
 
 async def pixel_info(request: Request) -> Response:
     x, y = coordinate(request, "x"), coordinate(request, "y")
-    store = request.app.state.store
+    store = state_of(request).store
     try:
         index = store.geometry.index(x, y)
     except InvalidPixel as exc:
@@ -184,12 +187,12 @@ class PixelEndpoint:
 
 
 async def healthz(request: Request) -> Response:
-    cached = await request.app.state.board_cache.get()
+    cached = await state_of(request).board_cache.get()
     return JSONResponse({"status": "ok", "seq": cached.seq}, headers={"Cache-Control": "no-store"})
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_schema(request.app.state.settings))
+    return JSONResponse(openapi_schema(state_of(request).settings))
 
 
 # Mounted at /api, so a wrong method on an API path is a JSON 405, not the page's 404.

@@ -19,6 +19,7 @@ from openplace.realtime.session import (
     parse_query,
 )
 from openplace.realtime.transport import EXTENSION, TransportSubscriber
+from openplace.state import state_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ async def _deny(ws: WebSocket, refusal: Refusal) -> None:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    hub: Hub = ws.app.state.hub
+    hub = state_of(ws).hub
     try:
         since, board = parse_query(ws.scope.get("query_string", b"").decode("latin-1"))
     except Refusal as refusal:
