@@ -143,7 +143,7 @@ def fanout(
                 lat.append((t - acks[int(seq)]) * 1000)
     lat.sort()
 
-    def pct(p):
+    def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(len(lat) * p / 100))] if lat else float("nan")
 
     connected = sum(r["connected"] for r in results)

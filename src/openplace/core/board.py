@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from openplace.core.palette import PALETTE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    IntArray = Sequence[int] | npt.NDArray[np.integer[Any]]
 
 
 class InvalidPixel(ValueError):
@@ -94,7 +101,7 @@ class Board:
         return bytes(self.data)
 
 
-def apply_arrays(data: bytearray, indexes: Sequence[int], colors: Sequence[int]) -> None:
+def apply_arrays(data: bytearray, indexes: IntArray, colors: IntArray) -> None:
     """Apply many placements at once (in order; later ones win), vectorised with numpy."""
     import numpy as np
 
