@@ -196,13 +196,15 @@ async def open_counting(url: str, since: str) -> tuple[asyncio.Transport, Counti
         f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"{url!r} needs a host and a port")
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     transport, protocol = await loop.create_connection(
         lambda: CountingProtocol(request, ready), parts.hostname, parts.port
     )
     await asyncio.wait_for(ready, 30)
-    return transport, protocol  # type: ignore[return-value]
+    return transport, protocol
 
 
 async def sampled_listener(

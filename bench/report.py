@@ -228,8 +228,9 @@ def plot(rs: list[Row], path: Path) -> None:
 
     targeted = [r for r in rs if r.target]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(targeted) + 1.2))
-    ratios = []
+    ratios: list[float] = []
     for r in targeted:
+        assert r.target is not None  # targeted holds the rows with a target
         ratio = r.value / r.target if r.higher_is_better else r.target / max(r.value, 1e-9)
         ratios.append(min(ratio, 3.0))
     labels = [f"{r.figure} ({r.mode})" for r in targeted]
