@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,11 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+ServerFactory = Callable[[Settings], Awaitable[LiveServer]]
+
+
 @pytest.fixture
-async def server_factory() -> AsyncIterator[Callable[[Settings], Any]]:
+async def server_factory() -> AsyncIterator[ServerFactory]:
     servers: list[LiveServer] = []
 
     async def make(settings: Settings) -> LiveServer:
@@ -82,8 +85,8 @@ async def server_factory() -> AsyncIterator[Callable[[Settings], Any]]:
 
 
 @pytest.fixture
-async def server(server_factory: Callable[[Settings], Any], settings: Settings) -> LiveServer:
-    return await server_factory(settings)  # type: ignore[no-any-return]
+async def server(server_factory: ServerFactory, settings: Settings) -> LiveServer:
+    return await server_factory(settings)
 
 
 @pytest.fixture

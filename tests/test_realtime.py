@@ -11,10 +11,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from openplace.config import Settings
 from openplace.core.wire import decode_frame
 from openplace.realtime.transport import TransportSubscriber
 from openplace.state import state_of
-from tests.conftest import LiveServer, auth, mint_token
+from tests.conftest import LiveServer, ServerFactory, auth, mint_token
 
 
 class StreamClient:
@@ -132,7 +133,9 @@ async def test_since_in_the_future_gets_resync(
         assert resync["head"] == 2
 
 
-async def test_too_far_behind_gets_resync(server_factory, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_too_far_behind_gets_resync(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
     srv: LiveServer = await server_factory(settings.with_(replay_limit=5))
     async with httpx.AsyncClient(base_url=srv.url) as c:
         await place_many(c, 8)
@@ -206,7 +209,9 @@ async def test_online_count_follows_connections(server: LiveServer) -> None:
             pass
 
 
-async def test_connections_per_ip_are_limited(server_factory, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_connections_per_ip_are_limited(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
     srv: LiveServer = await server_factory(settings.with_(ws_max_connections_per_ip=2))
     async with connect(srv.ws_url) as a, connect(srv.ws_url) as b:
         await a.recv(), await b.recv()
@@ -219,8 +224,8 @@ async def test_connections_per_ip_are_limited(server_factory, settings) -> None:
 
 
 async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
-    server_factory, settings
-) -> None:  # type: ignore[no-untyped-def]
+    server_factory: ServerFactory, settings: Settings
+) -> None:
     """A client that stops reading fills its socket, then its buffer: it is dropped."""
     import socket
 
