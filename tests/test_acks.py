@@ -28,6 +28,7 @@ from openplace.distributed.acks import (
     BoardId,
     CatchUp,
     FeedCursor,
+    FeedStep,
     Fetch,
     LogRow,
     Outcome,
@@ -307,7 +308,7 @@ class AckWorld(RuleBasedStateMachine):
             assert p is not None
             self._answer(key, self.acks.checked(key, self.world.log.get(p.seq)))
 
-    def _feed(self, steps: list[object], first: int, count: int) -> None:
+    def _feed(self, steps: list[FeedStep], first: int, count: int) -> None:
         for step in steps:
             if isinstance(step, Fetch):
                 self._delivered(step.after + 1, step.upto - step.after)

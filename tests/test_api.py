@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -141,7 +142,8 @@ async def test_oversized_body_is_a_413(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/pixel", content=big, headers=auth(token))
     assert r.status_code == 413 and r.json()["error"] == "body_too_large"
 
-    async def chunks():  # no Content-Length: the limit holds while streaming too
+    # No Content-Length: the limit holds while streaming too.
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b" " * 512
 

@@ -270,7 +270,7 @@ async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
         redis_server.start()  # empty
         stop = asyncio.Event()
         running = asyncio.create_task(persister.run(stop))  # restores at head 3
-        newer = []
+        newer: list[Placement] = []
         async with asyncio.timeout(20):
             while len(newer) < 5:
                 try:

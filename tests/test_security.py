@@ -276,16 +276,16 @@ async def test_other_spellings_are_a_401_over_http(client: httpx.AsyncClient) ->
     for what, spelling in spellings.items():
         if not spelling.strip() or "\n" in spelling or spelling != spelling.strip():
             continue  # not a header value, or surrounding whitespace (HTTP strips it)
-        header = {"Authorization": b"Bearer " + spelling.encode("latin-1", "replace")}
+        header = {b"Authorization": b"Bearer " + spelling.encode("latin-1", "replace")}
         me = await client.get("/api/me", headers=header)
         placed = await client.post("/api/pixel", json={"x": 0, "y": 0, "color": 1},
                                    headers=header)  # fmt: skip
         assert (me.status_code, placed.status_code) == (401, 401), what
     # Characters str.strip() would remove but HTTP does not: not part of any spelling.
     for pad in (b"\xa0", b"\x85"):  # (h11 refuses the control characters itself)
-        for header in (b"Bearer " + token.encode() + pad, b"Bearer " + pad + token.encode()):
-            me = await client.get("/api/me", headers={"Authorization": header})
-            assert me.status_code == 401, header
+        for value in (b"Bearer " + token.encode() + pad, b"Bearer " + pad + token.encode()):
+            me = await client.get("/api/me", headers={b"Authorization": value})
+            assert me.status_code == 401, value
     assert (await client.get("/api/me", headers=auth(token))).status_code == 200
     assert (await client.get("/api/board")).headers["x-seq"] == "0"
 

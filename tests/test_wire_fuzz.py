@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,9 +53,10 @@ from tests.wsraw import Peer, close, frame, text, upgrade
 SCALE = float(os.environ.get("OPENPLACE_TEST_FUZZ_SCALE", "1"))
 SEED = os.environ.get("OPENPLACE_TEST_FUZZ_SEED")  # replays a run
 T = TypeVar("T")
+Test = TypeVar("Test", bound=Callable[..., object])
 
 
-def fuzz(n: int) -> Any:
+def fuzz(n: int) -> Callable[[Test], Test]:
     """Run ``n`` examples (times the scale), from ``SEED`` if one is given."""
     config = settings(
         max_examples=max(1, int(n * SCALE)),
@@ -65,7 +66,8 @@ def fuzz(n: int) -> Any:
     )
     if SEED is None:
         return config
-    return lambda test: seed(int(SEED))(config(test))
+    seeded = seed(int(SEED))
+    return lambda test: seeded(config(test))
 
 
 @pytest.fixture(scope="module")
