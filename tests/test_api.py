@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from openplace.config import Settings
 from openplace.core.palette import PALETTE
-from tests.conftest import LiveServer, auth, new_token
+from tests.conftest import LiveServer, ServerFactory, auth, new_token
 
 
 async def test_canvas_describes_the_board(client: httpx.AsyncClient) -> None:
@@ -182,7 +183,9 @@ async def test_forged_token_is_a_401(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/me", headers=auth(tampered))).status_code == 401
 
 
-async def test_session_creation_is_rate_limited_per_ip(server_factory, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_session_creation_is_rate_limited_per_ip(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
     srv: LiveServer = await server_factory(settings.with_(sessions_per_ip_per_minute=3))
     async with httpx.AsyncClient(base_url=srv.url) as c:
         codes = [(await c.post("/api/session")).status_code for _ in range(5)]
@@ -259,7 +262,9 @@ async def test_web_page_is_served(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
 
 
-async def test_me_says_may_place_now_once_the_cooldown_is_over(server_factory, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_me_says_may_place_now_once_the_cooldown_is_over(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
     srv: LiveServer = await server_factory(settings.with_(cooldown_seconds=0.2))
     async with httpx.AsyncClient(base_url=srv.url) as c:
         token = await new_token(c)
@@ -299,7 +304,7 @@ async def test_board_cache_reads_the_store_once_for_a_burst() -> None:
             await asyncio.sleep(0.01)
             return BoardSnapshot(b"\0" * 8, 7, "b")
 
-    cache = BoardCache(SlowStore(), refresh=0)  # type: ignore[arg-type]
+    cache = BoardCache(SlowStore(), refresh=0)  # type: ignore[arg-type]  # a Store fake: board() only
     got = await asyncio.gather(*[cache.get() for _ in range(50)])
     assert SlowStore.calls == 1 and {g.seq for g in got} == {7}
 
