@@ -9,6 +9,11 @@ that the sends per second stay within budget: more clients, bigger batches, the 
 work. Each subscriber's buffer is bounded: a client that reads too slowly is
 disconnected (it resumes with ``since``) rather than buffered without bound or allowed
 to slow the others down.
+
+The decisions (admission per address, how long to gather and what one flush sends,
+where a replay starts and whether each piece comes from memory or the feed) are made
+by :mod:`openplace.realtime.fanout_core`, with no I/O; the hub does the I/O around
+them: timers, awaiting the feed, writing to the clients' sinks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Protocol
 
 from openplace.core.history import History, TooOld
 from openplace.core.wire import RECORD_SIZE, control, split_frames
+from openplace.realtime import fanout_core as core
 from openplace.realtime.transport import encode
 from openplace.storage.base import Feed
 
@@ -117,14 +123,14 @@ class Hub:
         self.replay_limit = replay_limit
         self.send_buffer = send_buffer
         self.max_per_ip = max_per_ip
+        self.admission = core.Admission(max_per_ip)
         self.history = History(replay_limit)
         self.subscribers: set[Sink] = set()
         self.sends_per_second = sends_per_second
         self.max_batch_delay = max_batch_delay
-        self.sent = 0  # seq of the last placement broadcast (history may hold more)
-        self._pending = bytearray()  # records after `sent`, not yet broadcast
+        self.batch = core.Batch()  # what is broadcast, what waits for the next flush
         self._flush: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._per_ip: dict[str, int] = {}
+        self._per_ip = self.admission.counts  # address -> connections held
         self._unlisten: Callable[[], None] | None = None
         self.online: Callable[[], int] = lambda: len(self.subscribers)
         self.board_id = ""
@@ -140,7 +146,7 @@ class Hub:
         self.history.reset(first)
         if records:
             self.history.append(first + 1, records)
-        self.sent = self.history.head
+        self.batch.reset(self.history.head)
         self.board_id = self.feed.board_id
         self._unlisten = self.feed.listen(self.publish, self.reset)
 
@@ -153,38 +159,39 @@ class Hub:
 
     # -- broadcast -----------------------------------------------------------------
 
+    @property
+    def sent(self) -> int:
+        """Seq of the last placement broadcast (history may hold more)."""
+        return self.batch.sent
+
     def batch_delay(self) -> float:
         """How long to gather placements: enough that sends/s stay within budget."""
-        return min(self.max_batch_delay, len(self.subscribers) / self.sends_per_second)
+        return core.batch_delay(len(self.subscribers), self.sends_per_second,
+                                self.max_batch_delay)  # fmt: skip
 
     def publish(self, first_seq: int, records: bytes) -> None:
         """Add placements ``first_seq ..`` and schedule their broadcast."""
-        head = self.history.head
-        if first_seq <= head:  # already have some: keep only the new part
-            skip = head + 1 - first_seq
-            records = records[skip * RECORD_SIZE :]
-            first_seq = head + 1
+        kept = core.keep(self.history.head, first_seq)
+        if kept.skip:
+            records = records[kept.skip * RECORD_SIZE :]
             if not records:
                 return
-        elif first_seq > head + 1:
-            log.error("placement feed skipped %d..%d; resyncing clients", head + 1, first_seq - 1)
-            self.resync(first_seq - 1)
-        self.history.append(first_seq, records)
-        self._pending += records
+        if kept.gap is not None:
+            log.error("placement feed skipped %d..%d; resyncing clients",
+                      self.history.head + 1, kept.gap)  # fmt: skip
+            self.resync(kept.gap)
+        self.history.append(kept.first_seq, records)
+        self.batch.add(records)
         if self._flush is None:
             loop = asyncio.get_running_loop()
             delay = self.batch_delay()
-            self._flush = (loop.call_later(delay, self.flush) if delay > 0.001
-                           else loop.call_soon(self.flush))  # fmt: skip
+            self._flush = (loop.call_soon(self.flush) if core.flush_now(delay)
+                           else loop.call_later(delay, self.flush))  # fmt: skip
 
     def flush(self) -> None:
         """Broadcast everything published since the last flush: encoded once for all."""
         self._flush = None
-        if not self._pending:
-            return
-        records, self._pending = bytes(self._pending), bytearray()
-        first = self.sent + 1
-        self.sent += len(records) // RECORD_SIZE
+        first, records = self.batch.take()
         for payload in split_frames(first, records):
             self._broadcast(payload)
 
@@ -206,8 +213,7 @@ class Hub:
             self._flush.cancel()
             self.flush()
         self.history.reset(head)
-        self.sent = head
-        self._pending = bytearray()
+        self.batch.reset(head)
         self._broadcast(control("resync", head=head, board=self.board_id))
 
     def broadcast_online(self) -> None:
@@ -217,18 +223,10 @@ class Hub:
 
     def admit(self, ip: str) -> bool:
         """Reserve a connection slot for ``ip``; False if it has too many."""
-        n = self._per_ip.get(ip, 0)
-        if n >= self.max_per_ip:
-            return False
-        self._per_ip[ip] = n + 1
-        return True
+        return self.admission.admit(ip)
 
     def release(self, ip: str) -> None:
-        n = self._per_ip.get(ip, 0) - 1
-        if n <= 0:
-            self._per_ip.pop(ip, None)
-        else:
-            self._per_ip[ip] = n
+        self.admission.release(ip)
 
     async def attach(self, sub: Sink, since: int | None, board: str | None = None) -> None:
         """Queue ``hello``, then everything after ``since``, then subscribe to live frames.
@@ -245,30 +243,26 @@ class Hub:
             await self.feed.refresh()
         history = self.history
         sub.offer(control("hello", head=self.sent, board=self.board_id))
-        sent = self.sent if since is None else since
-        stale = board is not None and board != self.board_id
-        ahead = sent > self.sent and board is None
-        if stale or ahead or self.sent - sent > self.replay_limit:
+        begin = core.start(since, board, self.board_id, self.sent, self.replay_limit)
+        if begin.resync:
             sub.offer(control("resync", head=self.sent, board=self.board_id))
-            sent = self.sent
-        sent = min(sent, self.sent)
+        after = begin.after
         while True:
-            try:
-                # Up to what was broadcast; the pending rest comes with the next flush.
-                records = history.records(sent, self.sent)  # no await until add(): no race
-            except TooOld:
-                upto = history.first - 1
+            # Up to what was broadcast; the pending rest comes with the next flush.
+            step = core.next_replay(after, self.sent, history.first)
+            if isinstance(step, core.FromFeed):
                 try:
-                    older = await self.feed.records(sent, upto)
+                    older = await self.feed.records(step.after, step.upto)
                 except TooOld:
                     sub.offer(control("resync", head=self.sent, board=self.board_id))
-                    sent = self.sent
+                    after = self.sent
                     continue
-                for frame in split_frames(sent + 1, older):
+                for frame in split_frames(step.after + 1, older):
                     sub.offer(frame, bounded=False)
-                sent = upto
+                after = step.upto
                 continue
-            for frame in split_frames(sent + 1, records):
+            records = history.records(step.after, step.upto)  # no await until add(): no race
+            for frame in split_frames(step.after + 1, records):
                 sub.offer(frame, bounded=False)
             if sub.closed:  # went away while we fetched its history
                 return
