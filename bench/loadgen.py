@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from openplace.auth.tokens import Identity, TokenSigner
@@ -49,7 +49,9 @@ class HTTPConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # asyncio hands create_connection's protocol a read-write transport, typed as the base
+        # (uvloop's is not even a subclass of asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -166,7 +168,7 @@ class CountingProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.request)  # type: ignore[attr-defined]
+        cast(asyncio.Transport, transport).write(self.request)  # see HTTPConnection
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done():

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.servers import PostgresServer
 
@@ -38,7 +38,7 @@ def collect(proc: subprocess.Popen[bytes], timeout: float = 600) -> dict[str, An
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
+    return cast(dict[str, Any], json.loads(lines[-1]))
 
 
 # -- placements through HTTP ----------------------------------------------------------
@@ -192,7 +192,10 @@ def wrk(url: str, duration: float, connections: int = 64, gzip: bool = False) ->
     if gzip:
         cmd[1:1] = ["-H", "Accept-Encoding: gzip"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no Requests/sec: {out[-2000:]}")
+    rps = float(found.group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
 
@@ -492,7 +495,8 @@ def _get(url: str) -> str:
     import urllib.request
 
     with urllib.request.urlopen(url) as r:
-        return r.read().decode()  # type: ignore[no-any-return]
+        body: bytes = r.read()
+        return body.decode()
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
