@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 from harness.servers import PostgresServer, RedisServer
@@ -21,6 +21,11 @@ from openplace.core.board import Board, Geometry
 from openplace.core.placement import CooldownActive, Placement
 from openplace.core.wire import RECORD_SIZE, encode_record
 from openplace.storage.base import Feed, Store
+
+if TYPE_CHECKING:
+    from openplace.distributed.feed import RedisFeed
+    from openplace.distributed.store import DistributedStore
+    from openplace.embedded.store import EmbeddedStore
 
 W, H = 40, 30
 GEOMETRY = Geometry(W, H)
@@ -49,11 +54,11 @@ class Embedded:
 
     def __init__(self, path: Path, cooldown: float, snapshot_every: int) -> None:
         self.path, self.cooldown, self.snapshot_every = path, cooldown, snapshot_every
-        self._open: list[Any] = []
+        self._open: list[EmbeddedStore] = []
 
-    async def store(self) -> Store:
+    async def store(self) -> EmbeddedStore:
         if self._open:  # one process, one store: it is also the feed
-            return self._open[0]  # type: ignore[no-any-return]
+            return self._open[0]
         from openplace.embedded.store import EmbeddedStore
 
         s = EmbeddedStore(self.path, GEOMETRY, self.cooldown, snapshot_every=self.snapshot_every)
@@ -62,7 +67,7 @@ class Embedded:
         return s
 
     async def feed(self) -> Feed:
-        return await self.store()  # type: ignore[return-value]
+        return await self.store()
 
     async def reopen(self) -> Store:
         await self.close()
@@ -88,7 +93,7 @@ class Distributed:
         self.snapshot_every = snapshot_every
         self._stop = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
-        self._open: list[Any] = []
+        self._open: list[DistributedStore | RedisFeed] = []
 
     async def start(self) -> Distributed:
         from openplace.distributed.persister import Persister
@@ -147,10 +152,14 @@ class Distributed:
             await self.persister.close()
 
 
+class MakeBackend(Protocol):
+    def __call__(self, cooldown: float = ..., snapshot_every: int = ...) -> Awaitable[Backend]: ...
+
+
 @pytest.fixture(params=["embedded", "distributed"])
 async def make_backend(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
+) -> AsyncIterator[MakeBackend]:
     made: list[Backend] = []
 
     async def make(cooldown: float = 300, snapshot_every: int = 100_000) -> Backend:
@@ -177,7 +186,7 @@ def replayed(placements: list[Placement]) -> bytes:
     return board.snapshot()
 
 
-async def test_seqs_are_gapless_and_each_acknowledged_once(make_backend: Any) -> None:
+async def test_seqs_are_gapless_and_each_acknowledged_once(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     stores = [await backend.store(), await backend.store()]  # two API processes
     placed = await asyncio.gather(*(
@@ -189,7 +198,7 @@ async def test_seqs_are_gapless_and_each_acknowledged_once(make_backend: Any) ->
     }
 
 
-async def test_cooldown_is_atomic_across_stores(make_backend: Any) -> None:
+async def test_cooldown_is_atomic_across_stores(make_backend: MakeBackend) -> None:
     backend = await make_backend(cooldown=300)
     stores = [await backend.store(), await backend.store()]
     results = await asyncio.gather(
@@ -204,7 +213,7 @@ async def test_cooldown_is_atomic_across_stores(make_backend: Any) -> None:
     assert (await stores[0].board()).seq == 1
 
 
-async def test_acknowledged_means_durable(make_backend: Any) -> None:
+async def test_acknowledged_means_durable(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     store = await backend.store()
     placed = [await store.place(f"u{k}", 5 * k, k % 16) for k in range(1, 9)]
@@ -217,7 +226,9 @@ async def test_acknowledged_means_durable(make_backend: Any) -> None:
     assert (await store.place("new", 0, 1)).seq == 9  # the sequence continues
 
 
-async def test_feed_delivers_every_committed_placement_once_in_order(make_backend: Any) -> None:
+async def test_feed_delivers_every_committed_placement_once_in_order(
+    make_backend: MakeBackend,
+) -> None:
     backend = await make_backend(cooldown=0)
     store, feed = await backend.store(), await backend.feed()
     runs: list[tuple[int, bytes]] = []
@@ -240,7 +251,7 @@ async def test_feed_delivers_every_committed_placement_once_in_order(make_backen
     assert await feed.head() == 50
 
 
-async def test_replay_returns_exactly_what_was_committed(make_backend: Any) -> None:
+async def test_replay_returns_exactly_what_was_committed(make_backend: MakeBackend) -> None:
     backend = await make_backend(cooldown=0)
     store = await backend.store()
     placed = [await store.place(f"u{k}", k * 7 % (W * H), k % 16) for k in range(30)]
@@ -253,7 +264,7 @@ async def test_replay_returns_exactly_what_was_committed(make_backend: Any) -> N
         assert await feed.records(after, upto) == want
 
 
-async def test_snapshots_keep_a_reopened_board_exact(make_backend: Any) -> None:
+async def test_snapshots_keep_a_reopened_board_exact(make_backend: MakeBackend) -> None:
     backend = await make_backend(cooldown=0, snapshot_every=7)
     store = await backend.store()
     placed = [await store.place(f"u{k}", k * 13 % (W * H), k % 16) for k in range(40)]
