@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import asyncpg
@@ -149,7 +149,7 @@ async def wait_pixel(page: Page, x: int, y: int, color: int, timeout: float = TI
 
 async def page_board(page: Page) -> list[int]:
     """Every pixel's colour as the page shows it (row-major)."""
-    return await page.evaluate(  # type: ignore[no-any-return]
+    pixels = await page.evaluate(
         """([w, h]) => {
             const out = new Array(w * h);
             for (let y = 0; y < h; y++)
@@ -158,6 +158,7 @@ async def page_board(page: Page) -> list[int]:
         }""",
         [W, H],
     )
+    return cast(list[int], pixels)
 
 
 def unpack(packed: bytes) -> list[int]:
@@ -198,7 +199,7 @@ class Server:
                                          json={"x": x, "y": y, "color": color},
                                          headers=auth(token))  # fmt: skip
                 if r.status_code == 200:
-                    return r.json()  # type: ignore[no-any-return]
+                    return cast(dict[str, Any], r.json())
                 assert r.status_code >= 500, r.text
                 why = f"{r.status_code} {r.text}"
             except httpx.HTTPError as exc:
@@ -239,7 +240,7 @@ async def place_by_click(tab: Tab, x: int, y: int, color: int) -> dict[str, Any]
     await page.mouse.move(2, 400)  # off the board's pixels: no hover outline
     # Acknowledged: the page now counts down the (300 s) cooldown.
     await expect(page.locator("#cooldown")).to_have_attribute("data-state", "cooling")
-    return await response.json()  # type: ignore[no-any-return]
+    return cast(dict[str, Any], await response.json())
 
 
 def tail(path: Path, n: int = 3000) -> str:
@@ -451,7 +452,7 @@ async def _on_board(tab: Tab, board_id: str) -> bool:
     """Whether the page is live on a websocket it opened for the board ``board_id``."""
     if not tab.sockets or f"board={quote(board_id)}" not in tab.sockets[-1]:
         return False
-    return await tab.page.evaluate("() => window.openplace.connected")  # type: ignore[no-any-return]
+    return cast(bool, await tab.page.evaluate("() => window.openplace.connected"))
 
 
 async def _clients_if(server: Server, ok: Callable[[list[int]], bool]) -> list[int] | None:

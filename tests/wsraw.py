@@ -11,11 +11,16 @@ import asyncio
 import os
 import socket
 import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypedDict
 
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -61,9 +66,19 @@ def frame(
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def text(message: str | bytes, **kw: object) -> bytes:
+class FrameOptions(TypedDict, total=False):
+    """:func:`frame`'s keyword arguments."""
+
+    fin: bool
+    rsv: int
+    mask: bytes | None
+    length: int | None
+    wide: int
+
+
+def text(message: str | bytes, **kw: Unpack[FrameOptions]) -> bytes:
     data = message.encode() if isinstance(message, str) else message
-    return frame(Opcode.TEXT.value, data, **kw)  # type: ignore[arg-type]
+    return frame(Opcode.TEXT.value, data, **kw)
 
 
 def close(code: int = 1000, reason: str = "") -> bytes:
@@ -170,14 +185,14 @@ class RawClient:
                 pass
         return self.peer
 
-    async def until_text(self, predicate: object, timeout: float = 10) -> str | None:
+    async def until_text(self, predicate: Callable[[str], bool], timeout: float = 10) -> str | None:
         """The first text message satisfying ``predicate``; None if the server closed."""
         seen = 0
         async with asyncio.timeout(timeout):
             while True:
                 texts = self.peer.texts()
                 for t in texts[seen:]:
-                    if predicate(t):  # type: ignore[operator]
+                    if predicate(t):
                         return t
                 seen = len(texts)
                 if self.peer.close_code is not None or self.peer.eof:
