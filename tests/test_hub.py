@@ -3,14 +3,73 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 import pytest
+from starlette.types import Message as ASGIMessage
+from starlette.websockets import WebSocket
 
 from openplace.core.history import TooOld
 from openplace.core.wire import decode_frame, encode_record
-from openplace.realtime.hub import Hub, Subscriber
+from openplace.realtime.endpoint import NO_TRANSPORT, websocket_endpoint
+from openplace.realtime.hub import Hub, Message
 from openplace.storage.base import Listener, ResetListener
+
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Subscriber:
+    """A test client: its outgoing queue, drained by :meth:`run` through ``send``."""
+
+    __slots__ = ("_event", "_queue", "_send", "buffered", "close_reason", "closed", "done", "limit")
+
+    def __init__(self, send: Send, limit: int) -> None:
+        self._send = send
+        self._queue: deque[Message] = deque()
+        self._event = asyncio.Event()
+        self.limit = limit
+        self.buffered = 0
+        self.closed = False
+        self.close_reason = ""
+        self.done = asyncio.Event()  # set when closed: the connection should end
+
+    def write(self, frame: bytes, message: Message) -> None:
+        """A broadcast message (``frame`` is its websocket encoding, unused here)."""
+        self.offer(message)
+
+    def offer(self, message: Message, *, bounded: bool = True) -> None:
+        """Queue a message; over the limit, mark the subscriber too slow.
+
+        Replay is offered with ``bounded=False``: it is bounded by the replay limit
+        already, and a client far behind must be able to catch up in one go.
+        """
+        if self.closed:
+            return
+        self._queue.append(message)
+        self.buffered += len(message)
+        if bounded and self.buffered > self.limit:
+            self.close("too slow")
+        self._event.set()
+
+    def close(self, reason: str, code: int = 1001) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self._queue.clear()
+        self._event.set()
+        self.done.set()
+
+    async def run(self) -> None:
+        """Send queued messages until closed."""
+        queue = self._queue
+        while not self.closed:
+            if not queue:
+                self._event.clear()
+                await self._event.wait()
+                continue
+            message = queue.popleft()
+            self.buffered -= len(message)
+            await self._send(message)
 
 
 class ListFeed:
@@ -186,3 +245,21 @@ async def test_client_with_a_newer_board_is_not_sent_back_to_an_older_one() -> N
     texts = [m for m in got if isinstance(m, str)]
     assert hub.board_id == "b2"
     assert '"board":"b2"' in texts[0] and not any('"resync"' in t for t in texts)
+
+
+async def test_endpoint_refuses_a_server_without_the_transport(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No fallback path: an ASGI server not exposing the transport gets a clear refusal."""
+    sent: list[ASGIMessage] = []
+
+    async def receive() -> ASGIMessage:
+        return {"type": "websocket.connect"}
+
+    async def send(message: ASGIMessage) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+    await websocket_endpoint(WebSocket(scope, receive, send))
+    assert [m["type"] for m in sent] == ["websocket.close"] and sent[0]["code"] == 1011
+    assert NO_TRANSPORT in caplog.text

@@ -1,16 +1,21 @@
-"""The ``/ws`` websocket endpoint: thin I/O around :class:`~openplace.realtime.hub.Hub`."""
+"""The ``/ws`` websocket endpoint: thin I/O around :class:`~openplace.realtime.hub.Hub`.
+
+It needs the server to expose each connection's transport (the scope extension
+:data:`~openplace.realtime.transport.EXTENSION`), as ``openplace serve``'s uvicorn with
+:class:`~openplace.realtime.transport.WSProtocol` does: the hub writes frames straight
+to it. There is no other path: under a server without it, every upgrade is refused
+(403) and an error naming the cause is logged.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from openplace.api.errors import error_response
-from openplace.realtime.hub import CLOSE_TOO_SLOW, Hub, Subscriber
+from openplace.realtime.hub import Hub
 from openplace.realtime.session import (
     BINARY_REFUSED,
     TOO_MANY,
@@ -22,6 +27,11 @@ from openplace.realtime.transport import EXTENSION, TransportSubscriber
 from openplace.state import state_of
 
 log = logging.getLogger(__name__)
+
+NO_TRANSPORT = (
+    f"/ws refused: the server does not provide the {EXTENSION!r} scope extension; run "
+    "it with openplace.realtime.transport.WSProtocol (as `openplace serve` does)"
+)
 
 
 def client_ip(ws: WebSocket) -> str:
@@ -38,6 +48,11 @@ async def _deny(ws: WebSocket, refusal: Refusal) -> None:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
+    ext = ws.scope.get("extensions", {}).get(EXTENSION)
+    if ext is None:  # a server this endpoint cannot feed: say so, serve nobody
+        log.error(NO_TRANSPORT)
+        await ws.close(code=1011, reason="server misconfigured")
+        return
     hub = state_of(ws).hub
     try:
         since, board = parse_query(ws.scope.get("query_string", b"").decode("latin-1"))
@@ -50,51 +65,26 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     try:
         await ws.accept()
-        await _serve(ws, hub, since, board)
+        await _serve(ws, hub, ext, since, board)
     finally:
         hub.release(ip)
 
 
-async def _send(ws: WebSocket, message: bytes | str) -> None:
-    if isinstance(message, bytes):
-        await ws.send_bytes(message)
-    else:
-        await ws.send_text(message)
-
-
-async def _serve(ws: WebSocket, hub: Hub, since: int | None, board: str | None) -> None:
-    ext = ws.scope.get("extensions", {}).get(EXTENSION)
-    if ext is not None:
-        # The fast path: the hub writes frames straight to the transport, and closing a
-        # slow client closes the transport, which ends _receive. One task per client.
-        fast = TransportSubscriber(ext["transport"], hub.send_buffer)
-        ext["bind"](fast)  # pongs count against the same budget
-        try:
-            await hub.attach(fast, since, board)
-            await _receive(ws, fast)
-        finally:
-            hub.detach(fast)
-        return
-    # Any other ASGI server: a queue and a sending task per client.
-    sub = Subscriber(lambda m: _send(ws, m), hub.send_buffer)
-    tasks = [asyncio.create_task(t) for t in (sub.run(), _receive(ws, sub), sub.done.wait())]
+async def _serve(
+    ws: WebSocket, hub: Hub, ext: dict[str, Any], since: int | None, board: str | None
+) -> None:
+    """The hub writes frames straight to the transport; closing a slow client closes
+    the transport, which ends :func:`_receive`. One task per client."""
+    sub = TransportSubscriber(ext["transport"], hub.send_buffer)
+    ext["bind"](sub)  # pongs count against the same budget
     try:
         await hub.attach(sub, since, board)
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await _receive(ws, sub)
     finally:
         hub.detach(sub)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-    if sub.closed:
-        code = CLOSE_TOO_SLOW if sub.close_reason == "too slow" else 1001
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(code, sub.close_reason), 1)
 
 
-async def _receive(ws: WebSocket, sub: Any) -> None:
+async def _receive(ws: WebSocket, sub: TransportSubscriber) -> None:
     """Answer client messages until the connection ends."""
     while True:
         try:

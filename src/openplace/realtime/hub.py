@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from openplace.core.history import History, TooOld
@@ -33,13 +32,16 @@ from openplace.storage.base import Feed
 log = logging.getLogger(__name__)
 
 Message = bytes | str
-Send = Callable[[Message], Awaitable[None]]
-
-CLOSE_TOO_SLOW = 4008  # client fell too far behind; reconnect with since=<last seq>
 
 
 class Sink(Protocol):
-    """What the hub needs of a client: :class:`Subscriber` or a transport subscriber."""
+    """What the hub needs of a client.
+
+    In production a :class:`~openplace.realtime.transport.TransportSubscriber`, whichever
+    server accepted the connection (``openplace serve``'s uvicorn with
+    :class:`~openplace.realtime.transport.WSProtocol`, or a distributed realtime
+    process); the tests use their own.
+    """
 
     closed: bool
     close_reason: str
@@ -51,59 +53,6 @@ class Sink(Protocol):
         """Send a broadcast: ``frame`` is ``message`` already websocket-encoded."""
 
     def close(self, reason: str, code: int = 1001) -> None: ...
-
-
-class Subscriber:
-    """One client's outgoing queue, drained by :meth:`run`."""
-
-    __slots__ = ("_event", "_queue", "_send", "buffered", "close_reason", "closed", "done", "limit")
-
-    def __init__(self, send: Send, limit: int) -> None:
-        self._send = send
-        self._queue: deque[Message] = deque()
-        self._event = asyncio.Event()
-        self.limit = limit
-        self.buffered = 0
-        self.closed = False
-        self.close_reason = ""
-        self.done = asyncio.Event()  # set when closed: the connection should end
-
-    def write(self, frame: bytes, message: Message) -> None:
-        """A broadcast message (``frame`` is its websocket encoding, unused here)."""
-        self.offer(message)
-
-    def offer(self, message: Message, *, bounded: bool = True) -> None:
-        """Queue a message; over the limit, mark the subscriber too slow.
-
-        Replay is offered with ``bounded=False``: it is bounded by the replay limit
-        already, and a client far behind must be able to catch up in one go.
-        """
-        if self.closed:
-            return
-        self._queue.append(message)
-        self.buffered += len(message)
-        if bounded and self.buffered > self.limit:
-            self.close("too slow")
-        self._event.set()
-
-    def close(self, reason: str, code: int = 1001) -> None:
-        self.closed = True
-        self.close_reason = reason
-        self._queue.clear()
-        self._event.set()
-        self.done.set()
-
-    async def run(self) -> None:
-        """Send queued messages until closed."""
-        queue = self._queue
-        while not self.closed:
-            if not queue:
-                self._event.clear()
-                await self._event.wait()
-                continue
-            message = queue.popleft()
-            self.buffered -= len(message)
-            await self._send(message)
 
 
 class Hub:
