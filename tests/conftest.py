@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -16,6 +16,9 @@ from openplace.api.server import uvicorn_config
 from openplace.app import create_app
 from openplace.auth.tokens import Identity, TokenSigner
 from openplace.config import Settings
+
+if TYPE_CHECKING:
+    from openplace.distributed.cluster import Cluster
 
 pytest_plugins = ["tests.leftovers"]  # the run leaves no folders or processes behind
 
@@ -148,10 +151,10 @@ def cluster_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
 
 
 @pytest.fixture
-async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> AsyncIterator[Any]:
+async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> AsyncIterator[Cluster]:
     """A local stack: persister, 2 API and 2 realtime processes, nginx in front.
 
-    ``cluster.db_url`` is its database.
+    ``cluster.settings.database_url`` is its database.
     """
     from openplace.distributed.cluster import Cluster
 
@@ -159,6 +162,5 @@ async def cluster(postgres: PostgresServer, redis_server: RedisServer) -> AsyncI
     env = cluster_env(redis_server.url, db)
     c = Cluster(Settings.from_env(env), api=2, realtime=2, env=env)
     await asyncio.to_thread(c.start)
-    c.db_url = db  # type: ignore[attr-defined]
     yield c
     await asyncio.to_thread(c.stop)

@@ -32,6 +32,7 @@ import redis.asyncio
 from harness.servers import RedisServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from openplace.distributed.cluster import Cluster
 from openplace.distributed.keys import ONLINE
 from tests.conftest import auth, mint_token
 from tests.test_browser import (
@@ -172,7 +173,7 @@ def unpack(packed: bytes) -> list[int]:
 class Server:
     """Direct access to the cluster's processes (not through nginx)."""
 
-    def __init__(self, cluster: Any, http: httpx.AsyncClient) -> None:
+    def __init__(self, cluster: Cluster, http: httpx.AsyncClient) -> None:
         self.http = http
         self.api = f"http://127.0.0.1:{cluster.api_ports[0]}"
         self.realtime = [f"http://127.0.0.1:{p}/healthz" for p in cluster.realtime_ports]
@@ -254,7 +255,7 @@ def tail(path: Path, n: int = 3000) -> str:
 
 
 async def test_two_browsers_on_two_realtime_processes_survive_redis_restart(
-    cluster: Any,
+    cluster: Cluster,
     redis_server: RedisServer,
     browser: Browser,
     shot: Callable[[Page, str], Awaitable[Path]],
@@ -284,8 +285,8 @@ async def test_two_browsers_on_two_realtime_processes_survive_redis_restart(
                     await shot(tab.page, f"failed-{tab.name}")
                 except Exception as exc:
                     print(f"no screenshot of {tab.name}: {exc!r}")
-            run_dir = Path(cluster.run_dir)
-            for log in sorted(run_dir.glob("*.log")):
+            logs = cluster.run_dir.glob("*.log") if cluster.run_dir is not None else ()
+            for log in sorted(logs):
                 print(f"--- {log}\n{tail(log)}")
             raise
         finally:
@@ -298,7 +299,7 @@ async def test_two_browsers_on_two_realtime_processes_survive_redis_restart(
 
 
 async def _scenario(
-    cluster: Any,
+    cluster: Cluster,
     redis_server: RedisServer,
     server: Server,
     open_tab: Callable[[str], Awaitable[Tab]],
@@ -401,7 +402,7 @@ async def _scenario(
     assert all(h["seq"] == placed["seq"] for h in health), health
 
     # The acknowledged placements are in the durable log, under their seqs.
-    conn = await asyncpg.connect(cluster.db_url)
+    conn = await asyncpg.connect(cluster.settings.database_url)
     try:
         rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
     finally:

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import Placement, StoreUnavailable
 from openplace.core.wire import decode_frame
+from openplace.distributed.cluster import Cluster
 from tests.conftest import auth, mint_token
 
 W, H = 100, 80
@@ -103,7 +104,7 @@ def log_holding(rows: Any, acked: dict[int, tuple[int, int]]) -> dict[int, tuple
     return log
 
 
-async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster: Any) -> None:
+async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster: Cluster) -> None:
     api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
     rt1, rt2 = (f"ws://127.0.0.1:{p}/ws" for p in cluster.realtime_ports)
     stop = asyncio.Event()
@@ -119,7 +120,7 @@ async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster:
         await wait_for(lambda: a.last >= 60 and b.last >= 60)
         assert a.placements == b.placements and sorted(a.placements) == list(range(1, 61))
         # Durable in PostgreSQL before acknowledged: the log holds every one, gapless.
-        conn = await asyncpg.connect(cluster.db_url)
+        conn = await asyncpg.connect(cluster.settings.database_url)
         seqs = [r[0] for r in await conn.fetch("SELECT seq FROM placements ORDER BY seq")]
         pixels = await conn.fetchval("SELECT count(*) FROM pixels")
         await conn.close()
@@ -131,7 +132,7 @@ async def test_placements_through_any_api_reach_clients_of_any_realtime(cluster:
     await asyncio.gather(*tasks)
 
 
-async def test_cooldown_holds_across_api_processes(cluster: Any) -> None:
+async def test_cooldown_holds_across_api_processes(cluster: Cluster) -> None:
     api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
     async with httpx.AsyncClient(timeout=20) as c:
         for round_ in range(5):  # two users racing, each on both processes at once
@@ -146,7 +147,7 @@ async def test_cooldown_holds_across_api_processes(cluster: Any) -> None:
         assert me["next_at"] is not None
 
 
-async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: Any) -> None:
+async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: Cluster) -> None:
     api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
     geometry = Geometry(W, H)
     async with httpx.AsyncClient(timeout=20) as c:
@@ -184,7 +185,7 @@ async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: 
 
 
 async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
-    cluster: Any, redis_server: RedisServer
+    cluster: Cluster, redis_server: RedisServer
 ) -> None:
     api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
     rt2 = f"ws://127.0.0.1:{cluster.realtime_ports[1]}/ws"
@@ -207,7 +208,7 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_acknowledged(
         await task
 
         # Every acknowledged placement is in the durable log, under its seq.
-        conn = await asyncpg.connect(cluster.db_url)
+        conn = await asyncpg.connect(cluster.settings.database_url)
         rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
         await conn.close()
         log = log_holding(rows, acked)
@@ -304,7 +305,7 @@ async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
 @pytest.fixture
 async def patient_cluster(
     postgres: PostgresServer, redis_server: RedisServer
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[Cluster]:
     """A cluster whose API processes wait 30 s for a placement to be confirmed."""
     from openplace.config import Settings
     from openplace.distributed.cluster import Cluster
@@ -314,13 +315,12 @@ async def patient_cluster(
     env = cluster_env(redis_server.url, db, OPENPLACE_ACK_TIMEOUT_SECONDS="30")
     c = Cluster(Settings.from_env(env), api=2, realtime=1, env=env)
     await asyncio.to_thread(c.start)
-    c.db_url = db  # type: ignore[attr-defined]
     yield c
     await asyncio.to_thread(c.stop)
 
 
 async def test_placements_held_uncommitted_through_a_redis_crash_are_not_confirmed(
-    patient_cluster: Any, redis_server: RedisServer
+    patient_cluster: Cluster, redis_server: RedisServer
 ) -> None:
     """Issue 7's defect, made deterministic: placements accepted by Redis but not yet
     committed die with Redis; the board is restored at head H and other placements
@@ -366,7 +366,7 @@ async def test_placements_held_uncommitted_through_a_redis_crash_are_not_confirm
             os.kill(api1_proc.pid, signal.SIGCONT)
         answers = await asyncio.gather(*held)
 
-    conn = await asyncpg.connect(cluster.db_url)
+    conn = await asyncpg.connect(cluster.settings.database_url)
     rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
     await conn.close()
     log = {r[0]: (r[1], r[2]) for r in rows}
@@ -391,7 +391,7 @@ async def test_placements_held_uncommitted_through_a_redis_crash_are_not_confirm
 
 
 async def test_resume_from_postgresql_when_the_stream_was_trimmed(
-    cluster: Any, redis_server: RedisServer
+    cluster: Cluster, redis_server: RedisServer
 ) -> None:
     import redis.asyncio as aioredis
 
@@ -448,7 +448,7 @@ async def test_persister_refuses_a_redis_that_saves_to_disk(
         await r.aclose()
 
 
-async def test_manual_restore_keeps_the_board_and_resyncs_clients(cluster: Any) -> None:
+async def test_manual_restore_keeps_the_board_and_resyncs_clients(cluster: Cluster) -> None:
     import os
     import sys
 
@@ -478,7 +478,7 @@ async def test_manual_restore_keeps_the_board_and_resyncs_clients(cluster: Any) 
         await task
 
 
-async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluster: Any) -> None:
+async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluster: Cluster) -> None:
     api1, api2 = (f"http://127.0.0.1:{p}" for p in cluster.api_ports)
     acked: dict[int, tuple[int, int]] = {}
     stop = asyncio.Event()
@@ -497,7 +497,7 @@ async def test_persister_or_api_process_killed_loses_nothing_acknowledged(cluste
         stop.set()
         await asyncio.gather(*writers)
 
-    conn = await asyncpg.connect(cluster.db_url)
+    conn = await asyncpg.connect(cluster.settings.database_url)
     for _ in range(100):  # the last accepted (maybe unacknowledged) ones settle
         rows = await conn.fetch("SELECT seq, idx, color FROM placements ORDER BY seq")
         top = await conn.fetchval("SELECT max(seq) FROM placements")
