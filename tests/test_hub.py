@@ -223,6 +223,18 @@ async def test_gap_in_feed_resyncs_clients() -> None:
     assert sum(isinstance(m, str) and '"resync"' in m for m in got) == 1
 
 
+async def test_replay_then_flush_repeat_nothing_after_a_burst_bigger_than_memory() -> None:
+    feed = ListFeed(10)
+    hub = Hub(feed, replay_limit=5, send_buffer=100_000, max_per_ip=10)
+    await hub.start()
+    feed.add(10)  # 11..20 published, not yet flushed; memory holds 16..20
+    got, send = collect()
+    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    await hub.attach(sub, 8)  # 9, 10 from the feed; 11.. with the flush
+    await drain(sub)
+    assert seqs(got) == list(range(9, 21))
+
+
 @pytest.mark.parametrize("n", [1, 3])
 async def test_per_ip_admission(n: int) -> None:
     hub = Hub(ListFeed(), replay_limit=10, send_buffer=10, max_per_ip=n)

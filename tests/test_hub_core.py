@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from openplace.core.wire import RECORD_SIZE, encode_record
@@ -167,6 +167,12 @@ def test_replay_older_than_the_ring_comes_from_the_feed() -> None:
     assert core.next_replay(50, 100, 80) == core.FromFeed(50, 79)
 
 
+def test_replay_from_the_feed_stops_at_what_was_broadcast() -> None:
+    # The ring starts at 16 but only 10 was broadcast: 11.. come with the next flush.
+    assert core.next_replay(8, 10, 16) == core.FromFeed(8, 10)
+    assert core.next_replay(10, 10, 16) == core.FromRing(10, 10)
+
+
 def test_nothing_to_replay() -> None:
     assert core.next_replay(100, 100, 80) == core.FromRing(100, 100)
     assert core.next_replay(3, 3, 80) == core.FromRing(3, 3)  # ring newer, nothing missed
@@ -200,11 +206,25 @@ def replay(
     st.integers(0, 250),
     st.integers(1, 150),
     st.integers(1, 250),
+    st.integers(0, 100),
 )
+# More pending than the ring holds: the ring starts after sent+1 (a big burst).
+@example(since=5, board="b", sent=10, ring_back=2, limit=100, oldest=1, pending=4)
 def test_replay_never_skips_or_repeats_a_seq(
-    since: int | None, board: str | None, sent: int, ring_back: int, limit: int, oldest: int
+    since: int | None,
+    board: str | None,
+    sent: int,
+    ring_back: int,
+    limit: int,
+    oldest: int,
+    pending: int,
 ) -> None:
-    ring_first = max(1, sent + 1 - ring_back)  # the ring holds ring_first .. sent
+    """The replay ends at ``sent``: the next flush sends ``sent+1 ..``, the ring's head.
+
+    The ring holds its newest ``ring_back`` seqs; ``pending`` of them (after ``sent``)
+    await the next flush, so the ring may start after ``sent + 1``.
+    """
+    ring_first = max(1, sent + pending + 1 - ring_back)
     resynced, ranges = replay(since, board, sent, ring_first, limit, oldest)
     seqs = [s for after, upto in ranges for s in range(after + 1, upto + 1)]
     # Each piece starts where the last ended and the last ends at the head: the live

@@ -157,8 +157,10 @@ def next_replay(after: int, sent: int, ring_first: int) -> FromRing | FromFeed:
     """The next piece of a replay that has reached ``after``.
 
     ``sent`` is the head broadcast so far (what is pending comes with the next
-    flush), ``ring_first`` the oldest seq the history ring holds.
+    flush), ``ring_first`` the oldest seq the history ring holds. The ring may start
+    after ``sent + 1`` (more was published since the last flush than it holds): the
+    feed is read up to ``sent`` only, the next flush sends the rest.
     """
     if after < sent and after + 1 < ring_first:
-        return FromFeed(after, ring_first - 1)
+        return FromFeed(after, min(ring_first - 1, sent))
     return FromRing(after, max(after, sent))
