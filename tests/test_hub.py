@@ -110,7 +110,7 @@ class ListFeed:
             listener(first, b"".join(new))
 
 
-def collect() -> tuple[list[bytes | str], Callable[[bytes | str], object]]:
+def collect() -> tuple[list[Message], Send]:
     got: list[bytes | str] = []
 
     async def send(m: bytes | str) -> None:
@@ -140,7 +140,7 @@ async def test_every_subscriber_gets_the_same_frame_object() -> None:
     hub = Hub(feed, replay_limit=100, send_buffer=10_000, max_per_ip=10)
     await hub.start()
     (ga, sa), (gb, sb) = collect(), collect()
-    a, b = Subscriber(sa, 10_000), Subscriber(sb, 10_000)  # type: ignore[arg-type]
+    a, b = Subscriber(sa, 10_000), Subscriber(sb, 10_000)
     await hub.attach(a, None)
     await hub.attach(b, None)
     feed.add(3)
@@ -161,7 +161,7 @@ async def test_slow_subscriber_is_closed_others_unaffected() -> None:
         await blocked.wait()  # a client that never reads
 
     got, fast_send = collect()
-    slow, fast = Subscriber(never, 200), Subscriber(fast_send, 10_000)  # type: ignore[arg-type]
+    slow, fast = Subscriber(never, 200), Subscriber(fast_send, 10_000)
     await hub.attach(slow, 0)
     await hub.attach(fast, 0)
     tasks = [asyncio.create_task(s.run()) for s in (slow, fast)]
@@ -183,13 +183,13 @@ async def test_history_older_than_memory_comes_from_the_feed() -> None:
     await hub.start()
     assert hub.history.first == 31  # memory holds the last 20
     got, send = collect()
-    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    sub = Subscriber(send, 100_000)
     await hub.attach(sub, 35)
     await drain(sub)
     assert seqs(got) == list(range(36, 51))
     hub.replay_limit = 100  # allowed further back than memory: read from the feed
     got2, send2 = collect()
-    sub2 = Subscriber(send2, 100_000)  # type: ignore[arg-type]
+    sub2 = Subscriber(send2, 100_000)
     await hub.attach(sub2, 10)
     await drain(sub2)
     assert seqs(got2) == list(range(11, 51))
@@ -200,7 +200,7 @@ async def test_trimmed_feed_means_resync() -> None:
     hub = Hub(feed, replay_limit=100, send_buffer=100_000, max_per_ip=10)
     await hub.start()
     got, send = collect()
-    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    sub = Subscriber(send, 100_000)
     await hub.attach(sub, 5)
     feed.add(2)
     await drain(sub)
@@ -213,7 +213,7 @@ async def test_gap_in_feed_resyncs_clients() -> None:
     hub = Hub(feed, replay_limit=100, send_buffer=100_000, max_per_ip=10)
     await hub.start()
     got, send = collect()
-    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    sub = Subscriber(send, 100_000)
     await hub.attach(sub, 0)
     hub.publish(1, encode_record(1, 1))
     hub.publish(1, encode_record(1, 1))  # duplicate: ignored
@@ -229,7 +229,7 @@ async def test_replay_then_flush_repeat_nothing_after_a_burst_bigger_than_memory
     await hub.start()
     feed.add(10)  # 11..20 published, not yet flushed; memory holds 16..20
     got, send = collect()
-    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    sub = Subscriber(send, 100_000)
     await hub.attach(sub, 8)  # 9, 10 from the feed; 11.. with the flush
     await drain(sub)
     assert seqs(got) == list(range(9, 21))
@@ -251,7 +251,7 @@ async def test_client_with_a_newer_board_is_not_sent_back_to_an_older_one() -> N
     await hub.start()
     feed.newer_board = "b2"  # restored; this process would notice at its next poll
     got, send = collect()
-    sub = Subscriber(send, 100_000)  # type: ignore[arg-type]
+    sub = Subscriber(send, 100_000)
     await hub.attach(sub, 5, "b2")
     await drain(sub)
     texts = [m for m in got if isinstance(m, str)]
