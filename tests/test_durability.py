@@ -79,7 +79,7 @@ async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_pat
     def broken(rows: object) -> None:
         raise OSError("disk full")
 
-    store._commit = broken  # type: ignore[method-assign]
+    store._commit = broken  # type: ignore[method-assign]  # a disk that fails, for this test
     results = await asyncio.gather(
         store.place("bob", 2, 2), store.place("carol", 3, 3), return_exceptions=True
     )
@@ -87,7 +87,7 @@ async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_pat
     snap = await store.board()
     assert snap.seq == first.seq == 1 and Board(store.geometry, snap.data).get(2) == 0
     assert seen == []  # nobody was told about a placement that is not durable
-    store._commit = original  # type: ignore[method-assign]
+    store._commit = original  # type: ignore[method-assign]  # the real disk again
     # The failed users are not cooling down, and the seq has no gap.
     again = await store.place("bob", 2, 2)
     assert again.seq == 2 and seen == [2]

@@ -14,24 +14,24 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
+from harness.servers import PostgresServer, RedisServer
 
 from openplace.config import Settings
-from openplace.distributed.cluster import find_nginx, free_port, render_nginx
+from openplace.distributed.cluster import Cluster, find_nginx, free_port, render_nginx
 from openplace.state import state_of
-from tests.conftest import LiveServer, auth, mint_token
+from tests.conftest import LiveServer, ServerFactory, auth, mint_token
 
 WAIT = 15.0  # generous: how long a client waits for something that must happen
 
 
 async def connect(
-    server: LiveServer, source: str = "127.0.0.1", rcvbuf: int | None = None
+    server: LiveServer | Port, source: str = "127.0.0.1", rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     sock = socket.socket()
     if rcvbuf is not None:
@@ -87,7 +87,7 @@ async def seq_of_board(server: LiveServer) -> str:
         return (await c.get("/api/board")).headers["x-seq"]
 
 
-Factory = Callable[[Settings], Any]
+Factory = ServerFactory
 
 
 # -- request line and headers ---------------------------------------------------------
@@ -417,7 +417,7 @@ async def test_request_that_is_not_http_gets_a_json_400(server: LiveServer) -> N
 
 
 async def test_pixel_and_me_answer_503_while_redis_or_postgresql_is_down(
-    cluster: Any, redis_server: Any, postgres: Any
+    cluster: Cluster, redis_server: RedisServer, postgres: PostgresServer
 ) -> None:
     api = f"http://127.0.0.1:{cluster.api_ports[0]}"
     headers = auth(mint_token())
@@ -498,8 +498,11 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+NginxFactory = Callable[[list[int]], Awaitable[Nginx]]
+
+
 @pytest.fixture
-async def nginx_factory() -> AsyncIterator[Callable[[list[int]], Any]]:
+async def nginx_factory() -> AsyncIterator[NginxFactory]:
     started: list[Nginx] = []
 
     async def make(api_ports: list[int]) -> Nginx:
@@ -520,7 +523,7 @@ async def nginx_answer(port: int, request: bytes) -> tuple[int, dict[str, str], 
         writer.close()
 
 
-async def test_nginx_answers_its_own_refusals_in_json(nginx_factory: Any) -> None:
+async def test_nginx_answers_its_own_refusals_in_json(nginx_factory: NginxFactory) -> None:
     nginx: Nginx = await nginx_factory([free_port()])
     body = b"x" * 8192
     cases = [
@@ -545,7 +548,7 @@ async def test_nginx_answers_its_own_refusals_in_json(nginx_factory: Any) -> Non
 
 
 async def test_nginx_early_requests_do_not_take_backends_out_of_the_pool(
-    nginx_factory: Any,
+    nginx_factory: NginxFactory,
 ) -> None:
     ports = [free_port(), free_port()]
     nginx: Nginx = await nginx_factory(ports)
@@ -578,9 +581,8 @@ class Port:
 
 
 async def test_distributed_api_process_has_the_same_limits(
-    postgres: Any, redis_server: Any
+    postgres: PostgresServer, redis_server: RedisServer
 ) -> None:
-    from openplace.distributed.cluster import Cluster
     from tests.conftest import cluster_env
 
     env = cluster_env(
@@ -591,7 +593,7 @@ async def test_distributed_api_process_has_the_same_limits(
     cluster = Cluster(Settings.from_env(env), api=1, realtime=1, env=env)
     await asyncio.to_thread(cluster.start)
     try:
-        api: Any = Port(cluster.api_ports[0])
+        api = Port(cluster.api_ports[0])
         reader, writer = await connect(api)
         writer.write(b"GET /api/canvas HTTP/1.1\r\nX-Pad: " + b"a" * 20_000)
         status, _, body = await answer(reader)

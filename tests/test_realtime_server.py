@@ -19,12 +19,14 @@ from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.distributed.websocket_server import serve
 from openplace.embedded.store import EmbeddedStore
+from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub
+from openplace.realtime.transport import TransportSubscriber
 from tests.test_realtime import StreamClient
 
 
 class Lean:
-    def __init__(self, store: EmbeddedStore, hub: Any, port: int) -> None:
+    def __init__(self, store: EmbeddedStore, hub: Hub, port: int) -> None:
         self.store, self.hub, self.port = store, hub, port
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
 
@@ -32,7 +34,7 @@ class Lean:
         await asyncio.gather(*[self.store.place(f"{user}{i}", i % 4000, i % 16) for i in range(n)])
 
 
-async def start_lean(tmp_path: Path, **overrides: Any) -> tuple[Lean, Any]:
+async def start_lean(tmp_path: Path, **overrides: Any) -> tuple[Lean, asyncio.Server]:
     settings = Settings(data_dir=tmp_path, secret="x", width=100, height=80, **overrides)
     store = EmbeddedStore(tmp_path / "db.sqlite3", Geometry(100, 80), 0)
     await store.open()
@@ -142,6 +144,7 @@ async def test_slow_client_is_dropped_with_4008(tmp_path: Path) -> None:
         slow = await connect(lean_.ws_url + "?since=0", sock=sock, max_queue=1)
         slow.transport.pause_reading()
         (sub,) = lean_.hub.subscribers
+        assert isinstance(sub, TransportSubscriber)
         sub.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         async with connect(lean_.ws_url + "?since=0") as ws:
             fast = StreamClient(ws)
