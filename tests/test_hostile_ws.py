@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +25,7 @@ import websockets
 from harness.servers import free_port
 from websockets.asyncio.client import connect
 from websockets.frames import Opcode
+from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
 from openplace.config import Settings
@@ -50,7 +51,7 @@ class Target:
         self.kind, self.port, self.hub, self.store = kind, port, hub, store
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         self._placed = 0
-        self._stop: Any = None
+        self._stop: Callable[[], Awaitable[None]] | None = None
 
     async def place(self, n: int) -> int:
         """``n`` placements by new users; the last seq."""
@@ -63,6 +64,7 @@ class Target:
 
     async def stop(self) -> None:
         RawClient.abort_all()
+        assert self._stop is not None
         await self._stop()
 
 
@@ -437,7 +439,7 @@ class Reader(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url + "?since=0"
-        self.ws: Any = None
+        self.ws: SyncConnection | None = None
         self.connected = threading.Event()
         self.last = 0
         self.gaps: list[tuple[int, int]] = []

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -118,7 +117,7 @@ async def test_app_sends_security_headers_on_every_response(client: httpx.AsyncC
 
 
 async def test_an_internal_error_carries_the_security_headers_too(
-    server: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    server: LiveServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(index: int) -> None:
         raise RuntimeError("a bug")
@@ -341,7 +340,7 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
