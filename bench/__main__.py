@@ -134,13 +134,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_live(
-    mode: str, only: set[str], scale: dict[str, Any], postgres: PostgresServer | None, say: Any
+    mode: str,
+    only: set[str],
+    scale: dict[str, Any],
+    postgres: PostgresServer | None,
+    say: scenarios.Say,
 ) -> dict[str, Any]:
     """The benchmarks that need a running stack of ``mode``."""
     out: dict[str, Any] = {}
     runs = scale["runs"]
 
-    def start(**kw: Any) -> Any:
+    def start(**kw: Any) -> scenarios.Stack:
         if mode == "embedded":
             return Embedded(**kw).start()
         assert postgres is not None
@@ -207,6 +211,7 @@ def run_live(
     if "board" in only and mode == "distributed":
         say("distributed: GET /api/board direct, through nginx, and as a static file")
         stack = start(api=1, realtime=1)
+        assert isinstance(stack, Distributed)
         try:
             out["distributed.board"] = scenarios.median_of(
                 [scenarios.board_fetch(stack, scale["board_duration"]) for _ in range(runs)]

@@ -23,6 +23,7 @@ from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss
 from openplace.distributed.cluster import wait_http
 
 Say = Callable[[str], None]
+Stack = Embedded | Distributed
 
 
 def loadgen(*args: str) -> subprocess.Popen[bytes]:
@@ -44,7 +45,7 @@ def collect(proc: subprocess.Popen[bytes], timeout: float = 600) -> dict[str, An
 # -- placements through HTTP ----------------------------------------------------------
 
 
-def placements(stack: Any, *, users: int, duration: float, procs: int) -> dict[str, Any]:
+def placements(stack: Stack, *, users: int, duration: float, procs: int) -> dict[str, Any]:
     """Closed-loop users on every API process; acknowledged placements per second."""
     urls = stack.api_urls
     gens = [
@@ -78,7 +79,7 @@ def placements(stack: Any, *, users: int, duration: float, procs: int) -> dict[s
 
 
 def fanout(
-    stack: Any, *, clients: int, rate: int, duration: float, sample: int = 8
+    stack: Stack, *, clients: int, rate: int, duration: float, sample: int = 8
 ) -> dict[str, Any]:
     """``clients`` listeners; placements at ``rate``/s; delivery, latency, memory."""
     ws_urls = stack.ws_urls
@@ -460,7 +461,7 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
 # -- catch-up -------------------------------------------------------------------------
 
 
-def catch_up(stack: Any, behind: int, say: Say) -> dict[str, Any]:
+def catch_up(stack: Stack, behind: int, say: Say) -> dict[str, Any]:
     """Make ``behind`` placements, then time a client resuming from before all of them."""
     from websockets.sync.client import connect
 
