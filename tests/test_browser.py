@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -50,6 +50,7 @@ PALETTE = [
 # pixels used below are on screen and clear of the toolbars.
 START = "#x=10&y=10&z=20"
 TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 def rgb(color: int) -> list[int]:
@@ -57,7 +58,7 @@ def rgb(color: int) -> list[int]:
     return [int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)]
 
 
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+def wait_until(cond: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()

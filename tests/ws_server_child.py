@@ -20,6 +20,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -30,8 +31,10 @@ from openplace.embedded.store import EmbeddedStore
 from openplace.realtime.hub import Hub
 from openplace.state import state_of
 
+Stop = Callable[[], Awaitable[None]]
 
-async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
+
+async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Stop]:
     from openplace.distributed.websocket_server import serve
     from openplace.realtime.process import build_hub
 
@@ -51,7 +54,7 @@ async def _lean(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
     return store, hub, stop
 
 
-async def _embedded(settings: Settings) -> tuple[EmbeddedStore, Hub, Any]:
+async def _embedded(settings: Settings) -> tuple[EmbeddedStore, Hub, Stop]:
     import uvicorn
 
     from openplace.api.server import uvicorn_config
