@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,6 +18,8 @@ from openplace.auth.tokens import Identity, TokenSigner
 from openplace.config import Settings
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from openplace.distributed.cluster import Cluster
 
 pytest_plugins = ["tests.leftovers"]  # the run leaves no folders or processes behind
@@ -33,11 +35,17 @@ class LiveServer:
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self.app: Any = None
+        self._app: Starlette | None = None
+
+    @property
+    def app(self) -> Starlette:
+        """The app of the latest :meth:`start`."""
+        assert self._app is not None, "the server was never started"
+        return self._app
 
     async def start(self) -> LiveServer:
-        self.app = create_app(self.settings)
-        config = uvicorn_config(self.app, self.settings.with_(port=self.port))
+        self._app = create_app(self.settings)
+        config = uvicorn_config(self._app, self.settings.with_(port=self.port))
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
