@@ -204,10 +204,11 @@ def same_signature_spellings(token: str) -> dict[str, str]:
 def other_spellings(token: str) -> dict[str, str]:
     """Spellings that change what is signed or the signature (never valid)."""
     payload, sig = token.rsplit(".", 1)
+    i = next(i for i, c in enumerate(sig) if c.isalpha())  # a digit, - or _ has no case
     return {
         "signature case": f"{payload}.{sig.swapcase()}",
         "payload case": f"{payload.swapcase()}.{sig}",
-        "one character's case": f"{payload}.{sig[:3]}{sig[3].swapcase()}{sig[4:]}",
+        "one character's case": f"{payload}.{sig[:i]}{sig[i].swapcase()}{sig[i + 1 :]}",
         "leading space": " " + token,
         "one space inside": f"{payload}.{sig[:5]} {sig[5:]}",
         "leading dot": "." + token,
