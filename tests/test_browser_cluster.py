@@ -30,7 +30,7 @@ import httpx
 import pytest
 import redis.asyncio
 from harness.servers import RedisServer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Response, WebSocket, async_playwright, expect
 
 from openplace.distributed.cluster import Cluster
 from openplace.distributed.keys import ONLINE
@@ -100,13 +100,13 @@ class Tab:
     def note(self, what: str) -> None:
         self.events.append(f"{time.monotonic() - self.t0:7.3f} {what}")
 
-    def _on_response(self, r: Any) -> None:
+    def _on_response(self, r: Response) -> None:
         if "/api/board" in r.url:
             h = r.headers
             self.note(f"GET /api/board {r.status} x-seq={h.get('x-seq')} "
                       f"x-board-id={h.get('x-board-id')} x-cache={h.get('x-cache')}")  # fmt: skip
 
-    def _on_websocket(self, ws: Any) -> None:
+    def _on_websocket(self, ws: WebSocket) -> None:
         self.sockets.append(ws.url)
         self.note(f"websocket {ws.url}")
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -57,12 +57,14 @@ class Listener:
                 self.last = max(self.last, first + len(items) - 1)
 
 
-async def place(c: httpx.AsyncClient, url: str, token: str, x: int, y: int, color: int) -> Any:
+async def place(
+    c: httpx.AsyncClient, url: str, token: str, x: int, y: int, color: int
+) -> httpx.Response:
     return await c.post(url + "/api/pixel", json={"x": x, "y": y, "color": color},
                         headers=auth(token))  # fmt: skip
 
 
-async def wait_for(cond: Any, timeout: float = 10) -> None:
+async def wait_for(cond: Callable[[], object], timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
             await asyncio.sleep(0.02)

@@ -350,7 +350,7 @@ class Reference:
         return self.proto.current_size is not None
 
 
-def _recv_until(sock: socket.socket, peer: Peer, done: Any) -> None:
+def _recv_until(sock: socket.socket, peer: Peer, done: Callable[[], bool]) -> None:
     """Read until ``done()`` or EOF (live frames keep coming: a deadline of its own)."""
     deadline = time.monotonic() + 10
     while not done():
