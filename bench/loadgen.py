@@ -21,7 +21,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 from urllib.parse import urlsplit
 
 from openplace.auth.tokens import Identity, TokenSigner
@@ -209,12 +209,21 @@ async def open_counting(url: str, since: str) -> tuple[asyncio.Transport, Counti
     return transport, protocol
 
 
+class ListenStats(TypedDict):
+    """What the sampled listeners saw, together (``last``: the latest to stop's last seq)."""
+
+    gaps: int
+    resyncs: int
+    frames: int
+    last: int | None
+
+
 async def sampled_listener(
     url: str,
     since: int | None,
     stop: asyncio.Event,
     arrivals: dict[int, float],
-    stats: dict[str, Any],
+    stats: ListenStats,
 ) -> None:
     from websockets.asyncio.client import connect
 
@@ -262,7 +271,7 @@ async def listen(args: argparse.Namespace) -> dict[str, Any]:
                 counters.append(r)
     stop = asyncio.Event()
     arrivals: dict[int, float] = {}
-    stats = {"gaps": 0, "resyncs": 0, "frames": 0, "last": None}
+    stats: ListenStats = {"gaps": 0, "resyncs": 0, "frames": 0, "last": None}
     samples = [
         asyncio.create_task(sampled_listener(args.url, args.since, stop, arrivals, stats))
         for _ in range(args.sample)
