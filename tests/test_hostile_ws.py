@@ -302,7 +302,7 @@ async def test_ping_ids_must_be_small_scalars(target: Target, logwatch: LogWatch
     close frame, and a traceback logged per message)."""
     async with connect(target.ws_url) as ws:
         s = StreamClient(ws)
-        bad: list[Any] = ["[" * 300 + "]" * 300, '{"a": 1}', '"' + "x" * 65 + '"', "[1]"]
+        bad = ["[" * 300 + "]" * 300, '{"a": 1}', '"' + "x" * 65 + '"', "[1]"]
         for raw_id in bad:
             await ws.send('{"type": "ping", "id": ' + raw_id + "}")
             assert (await s.control("error"))["error"] == "bad_message"

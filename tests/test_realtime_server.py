@@ -173,7 +173,7 @@ async def test_clients_behind_the_local_proxy_are_counted_by_forwarded_address(
     """Behind nginx every connection comes from 127.0.0.1; the limit is per client."""
     lean_, server = await start_lean(tmp_path, ws_max_connections_per_ip=2)
 
-    def via(addr: str) -> Any:
+    def via(addr: str) -> connect:
         return connect(lean_.ws_url, additional_headers={"X-Forwarded-For": f"203.0.113.9, {addr}"})
 
     try:
