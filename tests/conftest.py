@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from openplace.auth.tokens import Identity, TokenSigner
 from openplace.config import Settings
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Page
     from starlette.applications import Starlette
 
     from openplace.distributed.cluster import Cluster
@@ -125,6 +127,25 @@ def mint_token() -> str:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# Browser tests save what the page showed here, and print the path.
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
+    """``shot(page, step)`` saves a screenshot of ``page`` and prints where."""
+    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+
+    def take(page: Page, step: str) -> Path:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}-{step}.png"
+        page.screenshot(path=str(path))
+        print(f"screenshot: {path}")
+        return path
+
+    return take
 
 
 @pytest.fixture(scope="session")

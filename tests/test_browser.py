@@ -32,7 +32,6 @@ from playwright.sync_api import (
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -207,20 +206,6 @@ def open_page(browser: Browser, app_server: ServerProcess) -> Iterator[Callable[
     for ctx in contexts:
         ctx.close()
     assert not errors, f"uncaught errors in the page: {errors}"
-
-
-@pytest.fixture
-def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
-    name = re.sub(r"[^\w.-]+", "_", request.node.name)
-
-    def take(page: Page, step: str) -> Path:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        path = SHOTS / f"{name}-{step}.png"
-        page.screenshot(path=str(path))
-        print(f"screenshot: {path}")
-        return path
-
-    return take
 
 
 # -- page helpers ----------------------------------------------------------------------

@@ -34,13 +34,12 @@ from playwright.async_api import Browser, Page, Response, WebSocket, async_playw
 
 from openplace.distributed.cluster import Cluster
 from openplace.distributed.keys import ONLINE
-from tests.conftest import auth, mint_token
+from tests.conftest import SHOTS, auth, mint_token
 from tests.test_browser import (
     CANVAS_SHOWS,
     CHROMIUM,
     CHROMIUM_ARGS,
     MODEL_SHOWS,
-    SHOTS,
     START,
     TIMEOUT,
     rgb,

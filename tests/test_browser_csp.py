@@ -17,7 +17,6 @@ from openplace.web.security import CONTENT_SECURITY_POLICY
 from tests.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    SHOTS,
     START,
     TIMEOUT,
     ApiClient,
@@ -98,20 +97,6 @@ def front(
         yield name, nginx.wait().url, pixel
     finally:
         nginx.stop()
-
-
-@pytest.fixture
-def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
-    name = re.sub(r"[^\w.-]+", "_", request.node.name)
-
-    def take(page: Page, step: str) -> Path:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        path = SHOTS / f"{name}-{step}.png"
-        page.screenshot(path=str(path))
-        print(f"screenshot: {path}")
-        return path
-
-    return take
 
 
 def test_page_passes_its_content_security_policy(
