@@ -37,6 +37,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from openplace.api.errors import Refusal
 from openplace.core.wire import (
     HEADER_SIZE,
     RECORD_SIZE,
@@ -45,7 +46,7 @@ from openplace.core.wire import (
     encode_record,
     split_frames,
 )
-from openplace.realtime.session import MAX_SINCE, Refusal, answer_text, parse_query
+from openplace.realtime.session import MAX_SINCE, answer_text, parse_query
 from tests.test_hostile_ws import LogWatch, Target, start_target
 from tests.test_realtime import StreamClient
 from tests.wsraw import Peer, close, frame, text, upgrade

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -74,6 +77,45 @@ class ErrorResponse(Response):
         self.status_code = status
         self.background = None
         self.body, self.raw_headers = render_error(code, message, headers, **extra)
+
+
+def http_response(
+    status: int, body: bytes, extra: list[tuple[str, str]] | None = None, *, head: bool = False
+) -> bytes:
+    """A complete JSON HTTP/1.1 response with ``Connection: close`` (no body for HEAD),
+    for the layers that answer before any ASGI app: the HTTP server's limits and the
+    lean websocket server."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    headers = [
+        ("Date", formatdate(usegmt=True)),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *(extra or []),
+    ]
+    lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers), "", ""]
+    return "\r\n".join(lines).encode("latin-1") + (b"" if head else body)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal(Exception):
+    """A request refused before any app runs: an HTTP status and a JSON error."""
+
+    status: int
+    code: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def body(self) -> bytes:
+        return render_error(self.code, self.message)[0]
+
+    def http(self, *, allow: str | None = None) -> bytes:
+        """The whole HTTP/1.1 response; the connection is closed after it."""
+        extra = [*self.headers, *([("Allow", allow)] if allow else [])]
+        return http_response(self.status, self.body(), extra)
 
 
 def error_response(

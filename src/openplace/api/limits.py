@@ -33,64 +33,37 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from openplace.api.errors import Refusal, render_error
 from openplace.config import Settings
 
 log = logging.getLogger(__name__)
 
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-}
-
-
-def error_bytes(status: int, code: str, message: str, *extra_headers: bytes) -> bytes:
-    """A complete JSON error response that closes the connection."""
-    body = orjson.dumps({"error": code, "message": message})
-    head = [
-        b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
-        b"content-type: application/json",
-        b"content-length: %d" % len(body),
-        b"connection: close",
-        *extra_headers,
-    ]
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-TOO_MANY_CONNECTIONS = error_bytes(
+TOO_MANY_CONNECTIONS = Refusal(
     429, "too_many_connections", "too many open connections from this address",
-    b"retry-after: 1",
+    (("Retry-After", "1"),),
 )  # fmt: skip
-HEADERS_TOO_LARGE = error_bytes(
-    431, "headers_too_large", "the request line and headers are too large"
-)
-HEADERS_TIMEOUT = error_bytes(408, "request_timeout", "the request headers took too long")
-BODY_TIMEOUT = error_bytes(408, "request_timeout", "the request body took too long")
-BAD_HTTP = error_bytes(400, "bad_request", "invalid HTTP request")
+HEADERS_TOO_LARGE = Refusal(431, "headers_too_large", "the request line and headers are too large")
+HEADERS_TIMEOUT = Refusal(408, "request_timeout", "the request headers took too long")
+BODY_TIMEOUT = Refusal(408, "request_timeout", "the request body took too long")
+BAD_HTTP = Refusal(400, "bad_request", "invalid HTTP request")
 # After an answer that closes the connection, input is read and dropped for this long
 # (or this much) before the connection is reset.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
-_BUSY_BODY = orjson.dumps(
-    {"error": "too_many_connections", "message": "too many requests in progress from this address"}
-)
+_BUSY_BODY, _BUSY_HEADERS = render_error(
+    "too_many_connections", "too many requests in progress from this address",
+    {"Retry-After": "1"},
+)  # fmt: skip
 
 
 async def _too_many_requests(scope: Any, receive: Any, send: Any) -> None:
     """The answer to a forwarded client over its cap (the proxy's connection stays)."""
-    await send({
-        "type": "http.response.start",
-        "status": 429,
-        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-                    (b"content-length", b"%d" % len(_BUSY_BODY))],
-    })  # fmt: skip
+    await send({"type": "http.response.start", "status": 429, "headers": _BUSY_HEADERS})
     await send({"type": "http.response.body", "body": _BUSY_BODY})
 
 
@@ -180,7 +153,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         """Over the address's cap: answer 429 at once, then close."""
-        self._close_with(TOO_MANY_CONNECTIONS)
+        self._close_with(TOO_MANY_CONNECTIONS.http())
 
     def _close_with(self, response: bytes) -> None:
         """Answer ``response`` (unless another answer is being written) and close. The
@@ -258,7 +231,7 @@ class GuardedProtocol(HttpToolsProtocol):
         elif self._head_bytes == 0:
             self.transport.close()  # idle: nothing to answer
         else:
-            self._close_with(HEADERS_TIMEOUT)
+            self._close_with(HEADERS_TIMEOUT.http())
 
     def _body_timed_out(self) -> None:
         self._deadline = None
@@ -267,7 +240,7 @@ class GuardedProtocol(HttpToolsProtocol):
             # The app gets a disconnect from receive() and its answer goes nowhere.
             cycle.disconnected = True
             cycle.message_event.set()
-            self.transport.write(BODY_TIMEOUT)
+            self.transport.write(BODY_TIMEOUT.http())
         self.transport.close()
 
     def _send_timed_out(self) -> None:
@@ -297,7 +270,7 @@ class GuardedProtocol(HttpToolsProtocol):
         while self._in_head:
             room = limit - self._head_bytes
             if room <= 0:
-                self._close_with(HEADERS_TOO_LARGE)
+                self._close_with(HEADERS_TOO_LARGE.http())
                 return
             chunk = data if len(data) <= room else data[:room]
             self._head_bytes += len(chunk)
@@ -365,7 +338,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
-        self._close_with(BAD_HTTP)
+        self._close_with(BAD_HTTP.http())
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:

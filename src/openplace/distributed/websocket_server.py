@@ -30,17 +30,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from openplace.api.errors import Refusal, http_response
 from openplace.realtime.hub import Hub
 from openplace.realtime.session import (
     BINARY_REFUSED,
     TOO_LARGE,
     TOO_MANY,
     TOO_SLOW,
-    Refusal,
     answer_text,
     client_address,
     handshake_refusal,
-    http_response,
     parse_query,
 )
 from openplace.realtime.transport import TransportSubscriber

@@ -14,12 +14,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from openplace.api.errors import error_response
+from openplace.api.errors import Refusal, error_response
 from openplace.realtime.hub import Hub
 from openplace.realtime.session import (
     BINARY_REFUSED,
     TOO_MANY,
-    Refusal,
     answer_text,
     parse_query,
 )

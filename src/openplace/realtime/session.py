@@ -7,14 +7,12 @@ another exception, so hostile input cannot produce a traceback or a 500.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 import orjson
 from websockets.exceptions import SecurityError
 
+from openplace.api.errors import Refusal
 from openplace.core.wire import control
 
 MAX_SINCE_DIGITS = 19  # a seq is a signed 64-bit integer (PostgreSQL bigint)
@@ -22,42 +20,6 @@ MAX_SINCE = 2**63 - 1
 MAX_BOARD_CHARS = 64
 MAX_PING_ID_CHARS = 64
 MAX_QUERY_FIELDS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal(Exception):
-    """An upgrade refused with an HTTP status and a JSON error."""
-
-    status: int
-    code: str
-    message: str
-
-    def body(self) -> bytes:
-        return orjson.dumps({"error": self.code, "message": self.message})
-
-    def http(self, *, allow: str | None = None) -> bytes:
-        """The whole HTTP/1.1 response; the connection is closed after it."""
-        extra = [("Allow", allow)] if allow else []
-        return http_response(self.status, self.body(), extra)
-
-
-def http_response(
-    status: int, body: bytes, extra: list[tuple[str, str]] | None = None, *, head: bool = False
-) -> bytes:
-    """A complete JSON HTTP/1.1 response with ``Connection: close`` (no body for HEAD)."""
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    headers = [
-        ("Date", formatdate(usegmt=True)),
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-        *(extra or []),
-    ]
-    lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers), "", ""]
-    return "\r\n".join(lines).encode("latin-1") + (b"" if head else body)
 
 
 BAD_SINCE = Refusal(400, "bad_since", f"since must be an integer 0..{MAX_SINCE}, given once")
