@@ -69,9 +69,9 @@ def parse_entry(fields: bytes) -> tuple[int, int, str, int]:
     return int(index), int(color), user.decode(), int(ts)
 
 
-def text(reply: bytes | str) -> str:
-    """A Redis string reply as text (redis-py types replies as ``bytes | str``)."""
-    return reply.decode() if isinstance(reply, bytes) else reply
+def text(reply: object) -> str:
+    """A Redis string reply as text (redis-py types replies loosely)."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 class StreamEntry(NamedTuple):

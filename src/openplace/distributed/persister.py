@@ -46,10 +46,6 @@ def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 _PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
@@ -160,7 +156,7 @@ class Persister:
             log.warning("cannot read Redis's persistence settings (%s); it must keep "
                         "nothing on disk (save \"\", appendonly no)", exc)  # fmt: skip
             return
-        values = {_text(k): _text(v) for k, v in config.items()}
+        values = {keys.text(k): keys.text(v) for k, v in config.items()}
         if values.get("save") or values.get("appendonly") == "yes":
             raise RedisPersists(
                 f"Redis saves to disk (save {values.get('save')!r}, appendonly "
