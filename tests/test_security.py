@@ -31,7 +31,7 @@ from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.config import Settings
 from openplace.distributed.cluster import find_nginx, render_nginx, wait_http
 from openplace.state import state_of
-from openplace.web.security import CONTENT_SECURITY_POLICY, HEADERS
+from openplace.web.security import API_HEADERS, CONTENT_SECURITY_POLICY, HEADERS, headers_for
 from tests.conftest import LiveServer, auth, new_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +40,13 @@ PAGE_FILES = ["/", "/index.html", "/app.js", "/board.js", "/net.js", "/view.js",
 
 
 def assert_security_headers(r: httpx.Response) -> None:
-    """Each security header exactly once, with the app's value."""
-    for name, value in HEADERS.items():
+    """Each security header of the path exactly once, with the app's value: the page's
+    set on the page's files, the API's set on ``/api/...``."""
+    expected = headers_for(r.request.url.path)
+    for name, value in expected.items():
         assert r.headers.get_list(name) == [value], f"{r.request.method} {r.url}: {name}"
+    for name in HEADERS.keys() - expected.keys():
+        assert name not in r.headers, f"{r.request.method} {r.url}: {name}"
 
 
 class NginxFront:
@@ -94,6 +98,11 @@ def test_policy_is_strict() -> None:
     assert "unsafe" not in CONTENT_SECURITY_POLICY
     assert HEADERS["X-Content-Type-Options"] == "nosniff"
     assert HEADERS["Referrer-Policy"] == "no-referrer"
+    # JSON answers: never sniffed as a document, and nothing allowed if one is opened.
+    assert API_HEADERS == {
+        "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 async def test_app_sends_security_headers_on_every_response(client: httpx.AsyncClient) -> None:

@@ -1,6 +1,6 @@
 """How the app is put together: the one typed state, the one JSON error renderer, and
-the middleware the placement path runs through (``SecurityHeaders``, then
-``PlaceFastPath``, never the router)."""
+the middleware the placement path runs through (``PlaceFastPath``, which adds the
+security headers itself, never the router)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from openplace.api.placing import PlaceFastPath
 from openplace.app import create_app
 from openplace.config import Settings
 from openplace.state import AppState, MissingRole, state_of
-from openplace.web.security import HEADERS, SecurityHeaders
+from openplace.web.security import API_HEADERS, HEADERS, SecurityHeaders
 from tests.conftest import LiveServer, auth, mint_token
 
 
@@ -35,12 +35,12 @@ def chain(app: ASGIApp) -> list[ASGIApp]:
 def test_the_middleware_order_is_pinned(settings: Settings) -> None:
     app = create_app(settings)
     classes: list[object] = [m.cls for m in app.user_middleware]
-    assert classes == [SecurityHeaders, PlaceFastPath]
+    assert classes == [PlaceFastPath, SecurityHeaders]
     layers = chain(app.build_middleware_stack())
     assert [type(layer) for layer in layers] == [
         ServerErrorMiddleware,  # Starlette's: renders an uncaught 500 (handle_unexpected)
-        SecurityHeaders,  # every HTTP answer, placements included
-        PlaceFastPath,  # POST /api/pixel answered here
+        PlaceFastPath,  # POST /api/pixel answered here, security headers included
+        SecurityHeaders,  # every other HTTP answer
         ExceptionMiddleware,  # APIError and HTTPException rendered by api/errors.py
         Router,
     ]
@@ -72,7 +72,7 @@ async def test_a_placement_skips_the_router_and_carries_the_security_headers(
     assert (await client.get("/api/canvas")).status_code == 200  # builds the stack
     app: Starlette = server.app
     assert app.middleware_stack is not None
-    fast = chain(app.middleware_stack)[2]
+    fast = chain(app.middleware_stack)[1]
     assert isinstance(fast, PlaceFastPath)
     recorder = fast.app = Recorder(fast.app)
 
@@ -86,7 +86,7 @@ async def test_a_placement_skips_the_router_and_carries_the_security_headers(
     unauthorized = await client.post("/api/pixel", json={"x": 1, "y": 2, "color": 3})
     assert unauthorized.status_code == 401
     for r in (placed, refused, unauthorized):
-        for name, value in HEADERS.items():
+        for name, value in API_HEADERS.items():
             assert r.headers.get_list(name) == [value], (r.status_code, name)
     assert recorder.seen == []  # no placement reached the router
 
@@ -101,7 +101,9 @@ async def test_a_placement_skips_the_router_and_carries_the_security_headers(
         ("GET", "/api/pixel"),
     ]
     for r in (missing, read):
-        assert r.headers["x-frame-options"] == HEADERS["X-Frame-Options"]
+        assert r.headers["content-security-policy"] == API_HEADERS["Content-Security-Policy"]
+    page_missing = await client.get("/nothing-here.txt")
+    assert page_missing.headers["x-frame-options"] == HEADERS["X-Frame-Options"]
 
 
 async def test_the_fast_path_and_the_router_render_errors_alike(
@@ -113,7 +115,7 @@ async def test_the_fast_path_and_the_router_render_errors_alike(
     routed = await client.get("/api/me")
     assert fast.status_code == routed.status_code == 401
     assert fast.content == routed.content
-    for name in ("content-type", "www-authenticate", *HEADERS):
+    for name in ("content-type", "www-authenticate", *HEADERS, *API_HEADERS):
         assert fast.headers.get_list(name) == routed.headers.get_list(name), name
 
 

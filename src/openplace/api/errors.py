@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openplace.web.security import HEADERS
+from openplace.web.security import headers_for
 
 _CODES = {
     400: "bad_request",
@@ -137,4 +137,4 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # Rendered by Starlette's outermost middleware, outside SecurityHeaders: add them here.
-    return error_response(500, "internal", "internal server error", HEADERS)
+    return error_response(500, "internal", "internal server error", headers_for(request.url.path))

@@ -23,6 +23,10 @@ uvicorn's httptools protocol (the fast parser) plus:
   requests without ``X-Forwarded-For`` are its own and not counted.
 
 Every refusal is the API's JSON error. The per-address counts are per process.
+
+The head, body and linger deadlines are checked by one timer per server
+(:class:`Deadlines`), not a timer per request: setting a deadline is storing a number,
+which keeps this layer cheap on the placement path.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +96,33 @@ class AddressSlots:
             self.counts.pop(address, None)
 
 
+class Deadlines:
+    """One server's connections that may have a deadline, checked every ``tick`` seconds
+    by a single timer (running only while there are connections). A deadline fires up
+    to ``tick`` late."""
+
+    __slots__ = ("_handle", "conns", "tick")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.conns: set[GuardedProtocol] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, conn: GuardedProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.conns.add(conn)
+        if self._handle is None:
+            self._handle = loop.call_later(self.tick, self._sweep, loop)
+
+    def discard(self, conn: GuardedProtocol) -> None:
+        self.conns.discard(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in [c for c in self.conns if 0.0 < c.deadline_at <= now]:
+            conn.deadline_passed()
+        self._handle = loop.call_later(self.tick, self._sweep, loop) if self.conns else None
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_header_bytes: int
@@ -108,6 +140,12 @@ class Limits:
             s.http_max_connections_per_ip,
         )  # fmt: skip
 
+    @property
+    def tick(self) -> float:
+        """How often deadlines are checked: a tenth of the shortest, within 10..500 ms."""
+        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
+        return min(0.5, max(0.01, shortest / 10))
+
 
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above. Use :func:`guarded_protocol`,
@@ -116,6 +154,7 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: Limits
     slots: AddressSlots
     trusted: _TrustedHosts
+    deadlines: Deadlines
 
     def __init__(
         self,
@@ -125,7 +164,6 @@ class GuardedProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
         self._address: str | None = None  # the connection's slot (untrusted peers)
         self._request_address: str | None = None  # the request's slot (trusted peers)
         self._trusted_peer = False
@@ -134,13 +172,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # reading a request line and headers
         self._head_bytes = 0
         self._body_pending = False
-        self._deadline: asyncio.TimerHandle | None = None  # head or body
+        self.deadline_at = 0.0  # loop time of the head, body or linger deadline; 0: none
+        self._on_deadline: Callable[[], None] = self._head_timed_out
+        self._idle = False  # the deadline is the keep-alive timeout between requests
         self._send_deadline: asyncio.TimerHandle | None = None
 
     # -- connection --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.deadlines.add(self, self.loop)
         peer = self.client[0] if self.client else None
         if peer is not None:
             self._trusted_peer = peer in self.trusted
@@ -176,6 +217,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.deadlines.discard(self)
         self._disarm_send()
         self._release()
         super().connection_lost(exc)
@@ -198,19 +240,33 @@ class GuardedProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         # The websocket protocol takes the connection over, with its own per-address cap.
         self._disarm()
+        self.deadlines.discard(self)
         self._release()
         super().handle_websocket_upgrade()
 
     # -- deadlines ---------------------------------------------------------------------
 
-    def _arm(self, delay: float, callback: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(delay, callback)
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self.deadline_at = self.loop.time() + delay
+        self._on_deadline = callback
+        self._idle = False
+
+    def _arm_idle(self) -> None:
+        """Between requests: close after the keep-alive timeout unless a request begins."""
+        self._arm(self.limits.keepalive_timeout, self._idle_timed_out)
+        self._idle = True
+
+    def _idle_timed_out(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.deadline_at = 0.0
+
+    def deadline_passed(self) -> None:
+        """Called by :class:`Deadlines` once the armed deadline has passed."""
+        self.deadline_at = 0.0
+        self._on_deadline()
 
     def _disarm_send(self) -> None:
         if self._send_deadline is not None:
@@ -225,7 +281,6 @@ class GuardedProtocol(HttpToolsProtocol):
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _head_timed_out(self) -> None:
-        self._deadline = None
         if self._busy():  # reading is paused behind a request in progress
             self._arm(self.limits.header_timeout, self._head_timed_out)
         elif self._head_bytes == 0:
@@ -234,7 +289,6 @@ class GuardedProtocol(HttpToolsProtocol):
             self._close_with(HEADERS_TIMEOUT.http())
 
     def _body_timed_out(self) -> None:
-        self._deadline = None
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             # The app gets a disconnect from receive() and its answer goes nowhere.
@@ -283,12 +337,12 @@ class GuardedProtocol(HttpToolsProtocol):
             data = data[len(chunk) :]
         if data:
             super().data_received(data)
-        if self._body_pending and self._deadline is None and not self._ended():
+        if self._body_pending and self.deadline_at == 0.0 and not self._ended():
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a keep-alive request: its head starts now
+        if self.deadline_at == 0.0 or self._idle:  # a keep-alive request: its head starts now
             self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
@@ -326,16 +380,23 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle is not None
             and cycle.response_complete
             and not self.pipeline
-            and self.timeout_keep_alive_task is None
-            and not self.transport.is_closing()
+            and not self._ended()
         ):  # answered before its body ended: idle from now on
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            self._arm_idle()
 
     def on_response_complete(self) -> None:
+        # uvicorn's, except that the keep-alive timeout is a deadline of ours (no timer
+        # handle per request).
         self._release_request()
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif not self._body_pending:  # else the body deadline runs; idle after it ends
+            self._arm_idle()
 
     def send_400_response(self, msg: str) -> None:
         self._close_with(BAD_HTTP.http())
@@ -350,6 +411,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
             "limits": Limits.from_settings(settings),
             "slots": AddressSlots(settings.http_max_connections_per_ip),
             "trusted": _TrustedHosts(settings.trusted_proxies),
+            "deadlines": Deadlines(Limits.from_settings(settings).tick),
         },
     )
 

@@ -21,6 +21,7 @@ from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.core.board import InvalidPixel, check_color
 from openplace.core.placement import CooldownActive, StoreUnavailable
 from openplace.state import AppState, state_of
+from openplace.web.security import API_RAW_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class PlaceEndpoint:
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(content)),
             ]
+        headers.extend(API_RAW_HEADERS)  # this path runs outside SecurityHeaders
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
@@ -178,7 +180,8 @@ place_endpoint = PlaceEndpoint()
 
 class PlaceFastPath:
     """ASGI middleware: ``POST /api/pixel`` straight to :data:`place_endpoint`, ahead of
-    routing and the other middleware; everything else to ``app``."""
+    routing and the other middleware (the endpoint adds the security headers itself);
+    everything else to ``app``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
