@@ -20,7 +20,7 @@ from harness.servers import PostgresServer, RedisServer
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import CooldownActive, Placement
 from openplace.core.wire import RECORD_SIZE, encode_record
-from openplace.storage.base import Feed, Store
+from openplace.storage.base import Archive, Feed, Store
 
 if TYPE_CHECKING:
     from openplace.distributed.feed import RedisFeed
@@ -46,6 +46,10 @@ class Backend(Protocol):
         """The seqs of the board snapshots the durable data holds, newest first."""
         ...
 
+    async def archive(self) -> Archive:
+        """The durable history, opened (closed with the backend)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -55,6 +59,7 @@ class Embedded:
     def __init__(self, path: Path, cooldown: float, snapshot_every: int) -> None:
         self.path, self.cooldown, self.snapshot_every = path, cooldown, snapshot_every
         self._open: list[EmbeddedStore] = []
+        self._archives: list[Archive] = []
 
     async def store(self) -> EmbeddedStore:
         if self._open:  # one process, one store: it is also the feed
@@ -79,10 +84,21 @@ class Embedded:
         with contextlib.closing(sqlite3.connect(self.path)) as db:
             return [r[0] for r in db.execute("SELECT seq FROM snapshots ORDER BY seq DESC")]
 
+    async def archive(self) -> Archive:
+        from openplace.embedded.archive import SqliteArchive
+
+        a = SqliteArchive(self.path, GEOMETRY)
+        await a.open()
+        self._archives.append(a)
+        return a
+
     async def close(self) -> None:
         for s in self._open:
             await s.close()
         self._open.clear()
+        for a in self._archives:
+            await a.close()
+        self._archives.clear()
 
 
 class Distributed:
@@ -93,7 +109,7 @@ class Distributed:
         self.snapshot_every = snapshot_every
         self._stop = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
-        self._open: list[DistributedStore | RedisFeed] = []
+        self._open: list[DistributedStore | RedisFeed | Archive] = []
 
     async def start(self) -> Distributed:
         from openplace.distributed.persister import Persister
@@ -140,6 +156,14 @@ class Distributed:
             return [r[0] for r in await conn.fetch("SELECT seq FROM snapshots ORDER BY seq DESC")]
         finally:
             await conn.close()
+
+    async def archive(self) -> Archive:
+        from openplace.distributed.archive import PostgresArchive
+
+        a = PostgresArchive(GEOMETRY, database_url=self.db_url)
+        await a.open()
+        self._open.append(a)
+        return a
 
     async def close(self) -> None:
         for s in self._open:
@@ -271,7 +295,8 @@ async def test_snapshots_keep_a_reopened_board_exact(make_backend: MakeBackend) 
     async with asyncio.timeout(10):  # snapshots are written in the background
         while (await backend.snapshot_seqs())[:1] != [35]:
             await asyncio.sleep(0.02)
-    assert len(await backend.snapshot_seqs()) == 2  # only the newest are kept
+    # every keyframe is kept (the history's): one per 7 placements at least
+    assert len(await backend.snapshot_seqs()) >= 40 // 7 - 1
     store = await backend.reopen()
     snap = await store.board()
     assert (snap.seq, snap.data) == (40, replayed(placed))

@@ -32,6 +32,7 @@ from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.tokens import TokenSigner
 from openplace.config import Settings
+from openplace.history.timeline import Timeline
 from openplace.realtime.endpoint import websocket_endpoint
 from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
@@ -110,6 +111,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
             signer_=TokenSigner(settings.resolve_secret()),
             board_cache_=BoardCache(store, settings.board_refresh_seconds),
             session_limiter_=RateLimiter(settings.sessions_per_ip_per_minute, 60.0),
+            timeline_=Timeline(services.archive) if services.archive is not None else None,
         )
     app.state.openplace = state  # set once; read through openplace.state.state_of()
     return app

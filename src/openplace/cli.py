@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--realtime", type=int, default=2, help="realtime processes (default 2)")
     p.add_argument("--port", type=int, default=8000, help="nginx port (default 8000)")
     p.set_defaults(func=_distributed("cluster"))
+    from openplace.history.commands import add_arguments
+
+    add_arguments(sub)
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)

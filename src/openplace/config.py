@@ -36,8 +36,12 @@ class Settings:
     # Placements a reconnecting client may be behind and still be replayed to;
     # further behind, it is told to resync (the board is ~100k placements in bytes).
     replay_limit: int = 200_000
-    # Take an embedded snapshot after this many placements, so restart stays fast.
-    snapshot_every: int = 100_000
+    # A keyframe (compressed board) after this many placements, kept for the whole
+    # history: the board at any seq costs one keyframe plus at most this many log rows,
+    # and a restart reads no more than that either.
+    snapshot_every: int = 25_000
+    # Placements per GET /api/history answer, at most.
+    history_max_records: int = 100_000
     # The board served by GET /api/board is refreshed at most this often (seconds).
     # A slightly older snapshot is safe: it carries its own X-Seq.
     board_refresh_seconds: float = 0.05
@@ -129,8 +133,9 @@ class Settings:
             raise ValueError(
                 "distributed mode needs both OPENPLACE_REDIS_URL and OPENPLACE_DATABASE_URL"
             )
-        positive = ("replay_limit", "snapshot_every", "ws_max_connections_per_ip",
-                    "ws_send_buffer_bytes", "ws_max_message_bytes", "max_body_bytes",
+        positive = ("replay_limit", "snapshot_every", "history_max_records",
+                    "ws_max_connections_per_ip", "ws_send_buffer_bytes", "ws_max_message_bytes",
+                    "max_body_bytes",
                     "sessions_per_ip_per_minute", "http_max_connections_per_ip")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # named for type checking only: no import cycles, no backend 
     from openplace.api.ratelimit import RateLimiter
     from openplace.auth.tokens import TokenSigner
     from openplace.config import Settings
+    from openplace.history.timeline import Timeline
     from openplace.realtime.hub import Hub
     from openplace.storage.base import Store
 
@@ -46,6 +47,7 @@ class AppState:
     signer_: TokenSigner | None = None  # api
     board_cache_: BoardCache | None = None  # api
     session_limiter_: RateLimiter | None = None  # api
+    timeline_: Timeline | None = None  # api
     hub_: Hub | None = None  # realtime
 
     @property
@@ -71,6 +73,12 @@ class AppState:
         if self.session_limiter_ is None:
             raise MissingRole("session limiter", "api")
         return self.session_limiter_
+
+    @property
+    def timeline(self) -> Timeline:
+        if self.timeline_ is None:
+            raise MissingRole("timeline", "api")
+        return self.timeline_
 
     @property
     def hub(self) -> Hub:

@@ -18,8 +18,17 @@ from starlette.routing import Mount, Route, request_response
 from starlette.types import Receive, Scope, Send
 
 from openplace.api.errors import APIError
+from openplace.api.history import (
+    board_png_endpoint,
+    heatmap_endpoint,
+    history,
+    moment,
+    past_board,
+    pixel_history,
+)
 from openplace.api.json import JSONResponse
 from openplace.api.openapi import openapi_schema
+from openplace.api.params import accepts_gzip, coordinate
 from openplace.api.placing import authorization_of, identify, iso, place_endpoint
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
@@ -56,32 +65,6 @@ async def read_store(request: Request, reading: Awaitable[T]) -> T:
         ) from exc  # fmt: skip
 
 
-def coordinate(request: Request, name: str) -> int:
-    """Query parameter ``name``, given once, as ASCII decimal digits (``int()`` would also
-    take ``1_0``, ``١٢``, signs and spaces)."""
-    values = request.query_params.getlist(name)
-    if len(values) != 1 or not (values[0].isascii() and values[0].isdigit()):
-        raise APIError(
-            400, "bad_coordinates", "query parameters x and y must each be given once, "
-            "as decimal digits"
-        )  # fmt: skip
-    digits = values[0].lstrip("0")
-    return int(digits or "0") if len(digits) <= 9 else 10**9  # 10**9: beyond any board
-
-
-def accepts_gzip(header: str) -> bool:
-    """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it)."""
-    for part in header.lower().split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip() in ("gzip", "*"):
-            q = params.strip().removeprefix("q=")
-            try:
-                return not params or float(q) > 0
-            except ValueError:
-                return False
-    return False
-
-
 # -- handlers ------------------------------------------------------------------------
 
 
@@ -113,7 +96,12 @@ async def new_session(request: Request) -> Response:
 
 
 async def board(request: Request) -> Response:
+    """``GET /api/board``: the board now, or with ``?seq=``/``?at=`` at that moment."""
     state = state_of(request)
+    if "seq" in request.query_params or "at" in request.query_params:
+        found = await moment(request, state.timeline)
+        assert found is not None
+        return await past_board(request, *found)
     cached = await state.board_cache.get()
     s = state.settings
     gz = accepts_gzip(request.headers.get("accept-encoding", ""))
@@ -200,7 +188,11 @@ API_ROUTES = [
     Route("/canvas", canvas, methods=["GET"]),
     Route("/session", new_session, methods=["POST"]),
     Route("/board", board, methods=["GET"]),
+    Route("/board.png", board_png_endpoint, methods=["GET"]),
+    Route("/history", history, methods=["GET"]),
+    Route("/heatmap.png", heatmap_endpoint, methods=["GET"]),
     Route("/pixel", PixelEndpoint(), methods=["GET", "HEAD", "POST"]),
+    Route("/pixel/history", pixel_history, methods=["GET"]),
     Route("/me", me, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -5,6 +5,7 @@ stateless processes behind nginx. The only package that talks to Redis or Postgr
 - :mod:`.keys` - Redis key names, the placement Lua script, stream entries.
 - :mod:`.schema` - PostgreSQL migrations and metadata.
 - :mod:`.store` - :class:`DistributedStore`, an API process's store.
+- :mod:`.archive` - :class:`PostgresArchive`, the history in PostgreSQL.
 - :mod:`.feed` - :class:`RedisFeed`, committed runs as one process sees them.
 - :mod:`.persister` - the one process that makes placements durable and restores Redis.
 - :mod:`.websocket_server`, :mod:`.fanout` - the lean websocket server of a realtime
@@ -27,6 +28,7 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
     """An API process's store (``api``), a realtime process's feed (``realtime``); both
     roles in one process share the store's feed (one subscription per process)."""
     from openplace.core.board import Geometry
+    from openplace.distributed.archive import PostgresArchive
     from openplace.distributed.feed import RedisFeed
     from openplace.distributed.online import report_online
     from openplace.distributed.store import DistributedStore
@@ -39,7 +41,10 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
             settings.cooldown_seconds, ack_timeout=settings.ack_timeout_seconds,
         )  # fmt: skip
         services.store = store
-        services.resources.append(store)
+        services.archive = PostgresArchive(
+            Geometry(settings.width, settings.height), database_url=database_url
+        )
+        services.resources += [store, services.archive]
     if "realtime" in roles:
         if services.store is not None:
             feed = store.feed

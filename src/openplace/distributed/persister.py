@@ -31,11 +31,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from openplace.core.board import Board, Geometry
+from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
 from openplace.distributed import keys
 from openplace.distributed.acks import BoardId, continuing, restore_reason
 from openplace.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
-from openplace.storage.durability import PRUNE_SNAPSHOTS, check_size, load_board, size_text
+from openplace.storage.durability import check_size, load_board, size_text
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ class Persister:
             await set_meta(pg, "size", size_text(self.geometry))
         check_size(await get_meta(pg, "size") or "", self.geometry, "the database")
         self.epoch = int(await get_meta(pg, "epoch") or 0)
-        row = await pg.fetchrow("SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1")
+        row = await pg.fetchrow(
+            "SELECT seq, board, codec FROM snapshots ORDER BY seq DESC LIMIT 1"
+        )
         self.snapshot_seq = row["seq"] if row else 0
         if progress:
             progress(f"snapshot at seq {self.snapshot_seq}")
@@ -203,7 +206,7 @@ class Persister:
         )
         self.board, self.committed = load_board(
             self.geometry,
-            (row["seq"], row["board"]) if row else None,
+            (row["seq"], decode_keyframe(row["board"], row["codec"])) if row else None,
             [r[0] for r in tail], [r[1] for r in tail], [r[2] for r in tail],
         )  # fmt: skip
         if progress:
@@ -330,15 +333,16 @@ class Persister:
             )  # fmt: skip
 
     async def _snapshot(self) -> None:
+        """A keyframe of the committed board (all are kept: they are the history's)."""
         pg = self._pg
         assert pg is not None
-        async with pg.transaction():
-            await pg.execute(
-                "INSERT INTO snapshots VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                self.committed, self.board.snapshot(),
-            )  # fmt: skip
-            await pg.execute(PRUNE_SNAPSHOTS)
-        self.snapshot_seq = self.committed
+        seq = self.committed
+        frame = await asyncio.to_thread(encode_keyframe, self.board.snapshot())
+        await pg.execute(
+            "INSERT INTO snapshots (seq, board, codec) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            seq, frame, KEYFRAME_CODEC,
+        )  # fmt: skip
+        self.snapshot_seq = seq
 
     # -- restore -------------------------------------------------------------------
 

@@ -32,6 +32,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE placements ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: snapshots are the history's keyframes (all kept, stored compressed); a pixel's
+    # history is read by pixel.
+    """
+    ALTER TABLE snapshots ADD COLUMN codec TEXT NOT NULL DEFAULT 'raw';
+    CREATE INDEX placements_by_pixel ON placements (idx, seq);
+    """,
 ]
 
 # Serialises migrations between processes starting at once.

@@ -1,24 +1,31 @@
 """Embedded mode: one process, the board in memory, every placement in a SQLite log.
 
 - :mod:`.store` - :class:`~.store.EmbeddedStore`, the store and the feed in one object.
+- :mod:`.archive` - :class:`~.archive.SqliteArchive`, the history in the same file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
 from openplace.config import Settings
 from openplace.core.board import Geometry
+from openplace.embedded.archive import SqliteArchive
 from openplace.embedded.store import EmbeddedStore
 from openplace.services import Services
 
 
 def build(settings: Settings, roles: Collection[str]) -> Services:
     """Every role on one :class:`EmbeddedStore` in ``OPENPLACE_DATA_DIR``."""
+    path, geometry = database_path(settings), Geometry(settings.width, settings.height)
     store = EmbeddedStore(
-        settings.data_dir / "openplace.sqlite3",
-        Geometry(settings.width, settings.height),
-        settings.cooldown_seconds,
-        snapshot_every=settings.snapshot_every,
+        path, geometry, settings.cooldown_seconds, snapshot_every=settings.snapshot_every
     )
-    return Services(store=store, feed=store, resources=[store])
+    archive = SqliteArchive(path, geometry)
+    return Services(store=store, feed=store, archive=archive, resources=[store, archive])
+
+
+def database_path(settings: Settings) -> Path:
+    """The SQLite file of the canvas in ``OPENPLACE_DATA_DIR``."""
+    return settings.data_dir / "openplace.sqlite3"

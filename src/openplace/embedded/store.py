@@ -34,10 +34,10 @@ from openplace.core.placement import (
     UserState,
     next_allowed,
 )
+from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
 from openplace.storage.base import Listener, ResetListener
 from openplace.storage.durability import (
-    PRUNE_SNAPSHOTS,
     check_complete,
     check_size,
     load_board,
@@ -62,6 +62,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS placements_by_pixel ON placements (idx, seq);
     CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, last_placed REAL NOT NULL);
     CREATE TABLE IF NOT EXISTS snapshots (seq INTEGER PRIMARY KEY, board BLOB NOT NULL);
+    """,
+    # 2: snapshots are the history's keyframes: all kept, stored compressed.
+    """
+    ALTER TABLE snapshots ADD COLUMN codec TEXT NOT NULL DEFAULT 'raw';
     """,
 ]
 
@@ -164,9 +168,10 @@ class EmbeddedStore:
         else:
             check_size(meta["size"], self.geometry, str(self.path))
             self.board_id = meta["board_id"]
-        snapshot = db.execute(
-            "SELECT seq, board FROM snapshots ORDER BY seq DESC LIMIT 1"
+        row = db.execute(
+            "SELECT seq, board, codec FROM snapshots ORDER BY seq DESC LIMIT 1"
         ).fetchone()
+        snapshot = (int(row[0]), decode_keyframe(row[1], row[2])) if row else None
         self._snapshot_seq = snapshot[0] if snapshot else 0
         tail = db.execute(
             "SELECT seq, idx, color FROM placements WHERE seq > ? ORDER BY seq",
@@ -294,12 +299,16 @@ class EmbeddedStore:
             self._snapshot_seq = max(self._snapshot_seq, job.result())
 
     def _write_snapshot(self, seq: int, data: bytes) -> int:
+        """A keyframe of the board after ``seq`` (all are kept: they are the history's)."""
         db = self._wdb
         assert db is not None
+        frame = encode_keyframe(data)
         db.execute("BEGIN")
         try:
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (seq, data))
-            db.execute(PRUNE_SNAPSHOTS)
+            db.execute(
+                "INSERT OR REPLACE INTO snapshots (seq, board, codec) VALUES (?, ?, ?)",
+                (seq, frame, KEYFRAME_CODEC),
+            )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

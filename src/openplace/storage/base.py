@@ -12,6 +12,7 @@ from typing import Protocol
 
 from openplace.core.board import Geometry
 from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, UserState
+from openplace.core.timeline import LogSlice
 
 # Called with (first_seq, records) for each committed, contiguous run of placements.
 Listener = Callable[[int, bytes], None]
@@ -61,4 +62,35 @@ class Feed(Protocol):
     def listen(self, listener: Listener, on_reset: ResetListener) -> Callable[[], None]:
         """Call ``listener`` for each new committed run, contiguous and in order, and
         ``on_reset`` when the board is replaced. Returns an unsubscribe."""
+        ...
+
+
+class Archive(Protocol):
+    """The durable history: every committed placement and the keyframes, read-only.
+    :mod:`openplace.history` builds boards, pictures and timelapses from it."""
+
+    geometry: Geometry
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def committed(self) -> tuple[int, float | None]:
+        """Seq and time of the newest durable placement (``(0, None)`` if none)."""
+        ...
+
+    async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
+        """The newest keyframe at or before ``seq``: ``(its seq, packed board)``, or
+        ``None`` if there is none (start from the empty board at seq 0)."""
+        ...
+
+    async def log(self, after: int, upto: int, *, times: bool = False) -> LogSlice:
+        """The placements ``after+1 .. upto`` (all of them: the log has no gaps)."""
+        ...
+
+    async def seq_at(self, ts: float) -> int:
+        """The newest seq placed at or before unix time ``ts`` (0 if none)."""
+        ...
+
+    async def pixel_history(self, index: int, limit: int) -> list[PixelInfo]:
+        """The newest ``limit`` placements on pixel ``index``, newest first."""
         ...

@@ -2,8 +2,9 @@
 
 The embedded store (SQLite) and the persister (PostgreSQL) keep the same tables and
 the same rules: the board size is fixed per database; the board is loaded from the
-newest snapshot plus the log after it, which must continue without a gap; only the
-newest snapshots are kept; a replay is complete or it is refused.
+newest snapshot plus the log after it, which must continue without a gap; every
+snapshot is kept, compressed, as a keyframe of the history (:mod:`openplace.core.timeline`);
+a replay is complete or it is refused.
 """
 
 from __future__ import annotations
@@ -14,13 +15,6 @@ import numpy as np
 
 from openplace.core.board import Board, Geometry, apply_arrays
 from openplace.core.history import TooOld
-
-SNAPSHOTS_KEPT = 2
-# Valid in SQLite and PostgreSQL alike.
-PRUNE_SNAPSHOTS = (
-    "DELETE FROM snapshots WHERE seq NOT IN "
-    f"(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT {SNAPSHOTS_KEPT})"
-)
 
 
 class LogCorrupt(RuntimeError):

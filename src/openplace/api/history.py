@@ -1,0 +1,263 @@
+"""HTTP handlers for the canvas's past: the board at a seq or time, log ranges, PNG
+pictures, heatmaps and a pixel's history.
+
+Everything here reads the durable history (:class:`~openplace.history.timeline.Timeline`):
+committed placements only. A past moment never changes, so its answers are cacheable
+forever (``immutable``); CPU-heavy work (PNG encoding, gzip, heat maps) runs in a thread,
+off the event loop that answers placements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openplace.api.errors import APIError
+from openplace.api.json import JSONResponse
+from openplace.api.params import accepts_gzip, coordinate
+from openplace.api.placing import iso
+from openplace.core.board import InvalidPixel
+from openplace.core.placement import StoreUnavailable
+from openplace.core.timeline import HistoryError, Region, encode_history
+from openplace.history.images import MAX_SCALE, board_png, heatmap_png
+from openplace.history.timeline import Timeline
+from openplace.state import state_of
+
+T = TypeVar("T")
+IMMUTABLE = "public, max-age=31536000, immutable"
+PIXEL_HISTORY_MAX = 1000
+
+
+async def read_history(request: Request, reading: Awaitable[T]) -> T:
+    """A history read: 404 for a moment not (yet) in it, 503 while it cannot be read."""
+    try:
+        timeout = state_of(request).settings.store_read_timeout_seconds * 6
+        return await asyncio.wait_for(reading, timeout)
+    except HistoryError as exc:
+        raise APIError(404, "not_found", str(exc)) from exc
+    except (StoreUnavailable, TimeoutError, OSError) as exc:
+        raise APIError(
+            503, "unavailable", "the history cannot be read now; try again",
+            headers={"Retry-After": "1"},
+        ) from exc  # fmt: skip
+
+
+def _one(request: Request, name: str) -> str | None:
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise APIError(400, "bad_request", f"query parameter {name} given more than once")
+    return values[0] if values else None
+
+
+def _number(request: Request, name: str, code: str = "bad_request") -> int | None:
+    value = _one(request, name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise APIError(400, code, f"{name} must be a non-negative decimal integer")
+    return int(value)
+
+
+def parse_time(value: str) -> float:
+    """An ISO 8601 time (``Z`` or an offset; none means UTC) as unix seconds."""
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise APIError(400, "bad_time", "at must be an ISO 8601 time, e.g. "
+                       "2026-11-26T06:50:17.396Z") from exc  # fmt: skip
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+async def moment(request: Request, timeline: Timeline) -> tuple[int, bool] | None:
+    """The seq that ``?seq=`` or ``?at=`` names, and whether its answer is final (a
+    time after the newest placement may still gain placements); ``None`` if neither."""
+    seq = _number(request, "seq", "bad_seq")
+    at = _one(request, "at")
+    if seq is not None and at is not None:
+        raise APIError(400, "bad_request", "give seq or at, not both")
+    if seq is not None:
+        await read_history(request, timeline.check_seq(seq))
+        return seq, True
+    if at is not None:
+        ts = parse_time(at)
+        head, head_ts = await read_history(request, timeline.archive.committed())
+        found = await read_history(request, timeline.seq_at(ts))
+        return found, head_ts is not None and ts < head_ts and found < head
+    return None
+
+
+def region_and_scale(request: Request, timeline: Timeline) -> tuple[Region, int]:
+    """``x, y, w, h`` (all or none; default the whole board) and ``scale`` (1..16)."""
+    geometry = timeline.geometry
+    parts = [_number(request, name, "bad_region") for name in ("x", "y", "w", "h")]
+    if all(p is None for p in parts):
+        region = Region.whole(geometry)
+    elif any(p is None for p in parts):
+        raise APIError(400, "bad_region", "give all of x, y, w and h, or none")
+    else:
+        x, y, w, h = (int(p or 0) for p in parts)
+        try:
+            region = Region(x, y, w, h).check(geometry)
+        except ValueError as exc:
+            raise APIError(400, "bad_region", str(exc)) from exc
+    scale = _number(request, "scale", "bad_scale")
+    if scale is None:
+        scale = 1
+    if not 1 <= scale <= MAX_SCALE:
+        raise APIError(400, "bad_scale", f"scale must be within 1..{MAX_SCALE}")
+    if region.w * region.h * scale * scale > 64_000_000:
+        raise APIError(400, "bad_scale", "the picture would be over 64 megapixels")
+    return region, scale
+
+
+def _not_modified(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
+    inm = request.headers.get("if-none-match", "")
+    if inm and (
+        inm.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in inm.split(",")}
+    ):
+        return Response(status_code=304, headers=headers)
+    return None
+
+
+def _gzip_wanted(request: Request) -> bool:
+    return accepts_gzip(request.headers.get("accept-encoding", ""))
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+async def past_board(request: Request, seq: int, final: bool) -> Response:
+    """``GET /api/board?seq=N`` or ``?at=T``: the packed board after placement N."""
+    state = state_of(request)
+    timeline = state.timeline
+    gz = _gzip_wanted(request)
+    etag = f'"past-{seq}{"-gz" if gz else ""}"'
+    headers = {
+        "ETag": etag,
+        "X-Seq": str(seq),
+        "Vary": "Accept-Encoding",
+        "Cache-Control": IMMUTABLE if final else "no-cache",
+    }
+    if (answer := _not_modified(request, etag, headers)) is not None:
+        return answer
+    data = await read_history(request, timeline.board(seq))
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+        data = await asyncio.to_thread(gzip.compress, data, 6, mtime=0)
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+async def board_png_endpoint(request: Request) -> Response:
+    """``GET /api/board.png``: now, or ``?seq=`` / ``?at=``; ``scale``; a region."""
+    state = state_of(request)
+    timeline = state.timeline
+    region, scale = region_and_scale(request, timeline)
+    found = await moment(request, timeline)
+    if found is None:
+        cached = await state.board_cache.get()
+        seq, data, final = cached.seq, cached.data, False
+        tag = f"{cached.board_id}-{seq}"
+    else:
+        seq, final = found
+        data, tag = b"", f"past-{seq}"
+    etag = f'"{tag}-{region.x},{region.y},{region.w},{region.h}x{scale}"'
+    max_age = state.settings.board_max_age_seconds
+    headers = {
+        "ETag": etag,
+        "X-Seq": str(seq),
+        "Cache-Control": IMMUTABLE if final else f"public, max-age={max_age}",
+    }
+    if (answer := _not_modified(request, etag, headers)) is not None:
+        return answer
+    if found is not None:
+        data = await read_history(request, timeline.board(seq))
+    png = await asyncio.to_thread(board_png, data, timeline.geometry, region, scale)
+    return Response(png, media_type="image/png", headers=headers)
+
+
+async def _range(request: Request, timeline: Timeline) -> tuple[int, int, bool]:
+    """``from``/``to`` (seqs, inclusive; default the whole history) as ``after, upto``
+    clipped to the history, and whether the range is final."""
+    first = _number(request, "from", "bad_range")
+    last = _number(request, "to", "bad_range")
+    head, _ = await read_history(request, timeline.archive.committed())
+    first = 1 if first is None else max(first, 1)
+    final = last is not None and last <= head
+    upto = head if last is None else min(last, head)
+    if last is not None and last < first:
+        raise APIError(400, "bad_range", "to must not be below from")
+    return first - 1, max(upto, first - 1), final
+
+
+async def history(request: Request) -> Response:
+    """``GET /api/history?from=A&to=B``: the placements A..B as records and times
+    (binary, :func:`~openplace.core.timeline.encode_history`), at most
+    ``history_max_records`` of them; ``X-Next`` names where to continue."""
+    state = state_of(request)
+    timeline = state.timeline
+    after, upto, final = await _range(request, timeline)
+    limit = state.settings.history_max_records
+    headers: dict[str, str] = {"Vary": "Accept-Encoding"}
+    if upto - after > limit:
+        upto = after + limit
+        headers["X-Next"] = str(upto + 1)
+    log = await read_history(request, timeline.log(after, upto, times=True))
+    headers["X-Seq"] = str(upto)
+    headers["Cache-Control"] = IMMUTABLE if final or "X-Next" in headers else "no-cache"
+    body = encode_history(log)
+    if _gzip_wanted(request):
+        headers["Content-Encoding"] = "gzip"
+        body = await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
+    return Response(body, media_type="application/octet-stream", headers=headers)
+
+
+async def heatmap_endpoint(request: Request) -> Response:
+    """``GET /api/heatmap.png?from=&to=``: placements per pixel, log scale."""
+    timeline = state_of(request).timeline
+    region, scale = region_and_scale(request, timeline)
+    after, upto, final = await _range(request, timeline)
+    etag = f'"heat-{after}-{upto}-{region.x},{region.y},{region.w},{region.h}x{scale}"'
+    headers = {
+        "ETag": etag,
+        "X-Seq": str(upto),
+        "Cache-Control": IMMUTABLE if final else "public, max-age=10",
+    }
+    if (answer := _not_modified(request, etag, headers)) is not None:
+        return answer
+    counts = await read_history(request, timeline.heat(after, upto))
+    png = await asyncio.to_thread(heatmap_png, counts, region, scale)
+    return Response(png, media_type="image/png", headers=headers)
+
+
+async def pixel_history(request: Request) -> Response:
+    """``GET /api/pixel/history?x=&y=&limit=``: who placed what there, newest first."""
+    timeline = state_of(request).timeline
+    x, y = coordinate(request, "x"), coordinate(request, "y")
+    try:
+        index = timeline.geometry.index(x, y)
+    except InvalidPixel as exc:
+        raise APIError(400, "bad_coordinates", str(exc)) from exc
+    limit = _number(request, "limit", "bad_request")
+    limit = 20 if limit is None else limit
+    if not 1 <= limit <= PIXEL_HISTORY_MAX:
+        raise APIError(400, "bad_request", f"limit must be within 1..{PIXEL_HISTORY_MAX}")
+    rows = await read_history(request, timeline.archive.pixel_history(index, limit))
+    return JSONResponse(
+        {
+            "x": x,
+            "y": y,
+            "placements": [
+                {"seq": r.seq, "color": r.color, "user_id": r.user_id, "placed_at": iso(r.ts)}
+                for r in rows
+            ],
+        },
+        headers={"Cache-Control": "no-cache"},
+    )

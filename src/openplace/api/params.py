@@ -1,0 +1,33 @@
+"""Query parameters and headers the API reads the same way on every path."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from openplace.api.errors import APIError
+
+
+def coordinate(request: Request, name: str) -> int:
+    """Query parameter ``name``, given once, as ASCII decimal digits (``int()`` would also
+    take ``1_0``, ``١٢``, signs and spaces)."""
+    values = request.query_params.getlist(name)
+    if len(values) != 1 or not (values[0].isascii() and values[0].isdigit()):
+        raise APIError(
+            400, "bad_coordinates", "query parameters x and y must each be given once, "
+            "as decimal digits"
+        )  # fmt: skip
+    digits = values[0].lstrip("0")
+    return int(digits or "0") if len(digits) <= 9 else 10**9  # 10**9: beyond any board
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it)."""
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return False
+    return False
