@@ -14,7 +14,7 @@ from openplace.core.board import Board
 from openplace.core.placement import Placement
 from openplace.core.timeline import HistoryError, frame_seqs
 from openplace.history.timeline import Timeline
-from tests.test_store_contract import GEOMETRY, H, W, MakeBackend, make_backend, replayed
+from tests.test_store_contract import GEOMETRY, H, MakeBackend, W, make_backend, replayed
 
 __all__ = ["make_backend"]  # the fixture, parametrised over both backends
 

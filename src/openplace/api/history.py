@@ -118,6 +118,11 @@ def region_and_scale(request: Request, timeline: Timeline) -> tuple[Region, int]
     return region, scale
 
 
+def _region_tag(region: Region, scale: int) -> str:
+    # No commas: If-None-Match lists tags separated by them.
+    return f"{region.x}.{region.y}.{region.w}.{region.h}x{scale}"
+
+
 def _not_modified(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
     inm = request.headers.get("if-none-match", "")
     if inm and (
@@ -168,7 +173,7 @@ async def board_png_endpoint(request: Request) -> Response:
     else:
         seq, final = found
         data, tag = b"", f"past-{seq}"
-    etag = f'"{tag}-{region.x},{region.y},{region.w},{region.h}x{scale}"'
+    etag = f'"{tag}-{_region_tag(region, scale)}"'
     max_age = state.settings.board_max_age_seconds
     headers = {
         "ETag": etag,
@@ -224,7 +229,7 @@ async def heatmap_endpoint(request: Request) -> Response:
     timeline = state_of(request).timeline
     region, scale = region_and_scale(request, timeline)
     after, upto, final = await _range(request, timeline)
-    etag = f'"heat-{after}-{upto}-{region.x},{region.y},{region.w},{region.h}x{scale}"'
+    etag = f'"heat-{after}-{upto}-{_region_tag(region, scale)}"'
     headers = {
         "ETag": etag,
         "X-Seq": str(upto),
