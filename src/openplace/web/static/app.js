@@ -2,6 +2,7 @@
 // to the page.
 
 import { Board } from "./board.js";
+import { HistoryMode } from "./history.js";
 import { Api, ApiError, LiveStream } from "./net.js";
 import { View } from "./view.js";
 
@@ -18,6 +19,8 @@ let selected = 0;
 let inspectMode = false;
 let cooldownUntil = 0; // performance.now() deadline; 0 = ready
 let placing = false;
+let hist = null; // history mode (history.js)
+let openAtSeq = null; // a #seq=N the page was opened with, entered once the board is here
 const awaiting = new Map(); // index -> seq of our placement not yet seen on the stream
 
 // -- small UI helpers -------------------------------------------------------------
@@ -96,7 +99,7 @@ function setInspect(on) {
 
 function updatePreview() {
   if (!view) return;
-  view.preview = !inspectMode && isReady() ? selected : null;
+  view.preview = !inspectMode && isReady() && !inHistory() ? selected : null;
   view.requestDraw();
 }
 
@@ -134,7 +137,16 @@ function renderCooldown() {
 
 // -- placing ----------------------------------------------------------------------
 
+function inHistory() {
+  return hist !== null && hist.active;
+}
+
 async function place(x, y) {
+  if (inHistory()) {
+    // Placing is off while looking at the past: a click shows the pixel's story instead.
+    inspect(x, y);
+    return;
+  }
   if (inspectMode) return inspect(x, y);
   if (placing) return;
   if (!isReady()) {
@@ -189,44 +201,105 @@ function confirmUpTo(seq) {
 // -- pixel info -------------------------------------------------------------------
 
 let inspectToken = 0;
+
+function showPlacedBy(userId, placedAt) {
+  const user = $("info-user");
+  if (!userId) {
+    user.textContent = "Nobody yet";
+    user.title = "";
+    $("info-when").textContent = "—";
+    $("info-when").title = "";
+    return;
+  }
+  user.textContent = userId;
+  user.title = userId;
+  if (userId === api.userId) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "you";
+    user.append(badge);
+  }
+  $("info-when").textContent = ago(placedAt);
+  $("info-when").title = new Date(placedAt).toLocaleString();
+}
+
+/** The pixel's placements (newest first), the one shown at `current` marked. */
+function showPixelHistory(placements, current, later) {
+  const list = $("info-history");
+  list.replaceChildren();
+  for (const p of placements.slice(0, 8)) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "hist-item";
+    if (p.seq === current) b.classList.add("current");
+    b.title = `#${p.seq} · ${new Date(p.placed_at).toLocaleString()} · ${p.user_id} — show the canvas then`;
+    const chip = document.createElement("span");
+    chip.className = "chip";
+    chip.style.setProperty("--c", board.palette[p.color]);
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = p.user_id === api.userId ? "you" : p.user_id;
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = ago(p.placed_at);
+    b.append(chip, who, when);
+    b.dataset.seq = String(p.seq);
+    b.addEventListener("click", () => hist.enter(p.seq));
+    li.append(b);
+    list.append(li);
+  }
+  const n = placements.length;
+  let note = n === 0 ? "no placements" : n === 1 ? "1 placement" : `${n} placements`;
+  if (n >= 8) note = `latest 8 of ${note}`;
+  if (later > 0) note += ` · ${later} later`;
+  $("info-history-note").textContent = note;
+}
+
 async function inspect(x, y) {
   const token = ++inspectToken;
+  const at = inHistory() ? hist.seq : null; // the moment shown, or null for now
   const panel = $("info");
   panel.hidden = false;
   $("toast").classList.remove("show"); // on phones they share the top of the screen
   view.marked = { x, y };
   view.requestDraw();
-  $("info-coords").textContent = `(${x}, ${y})`;
-  $("info-swatch").style.setProperty("--c", board.palette[board.get(x, y)]);
+  $("info-coords").textContent = at === null ? `(${x}, ${y})` : `(${x}, ${y}) at #${at}`;
+  $("info-swatch").style.setProperty("--c", board.palette[view.board.get(x, y)]);
   $("info-user").textContent = "…";
   $("info-when").textContent = "…";
   $("info-when").title = "";
+  $("info-history").replaceChildren();
+  $("info-history-note").textContent = "Loading…";
+  const past = api.pixelHistory(x, y, at === null ? 8 : 1000);
+  past.catch(() => {}); // awaited below
   try {
-    const info = await api.pixel(x, y);
-    if (token !== inspectToken) return;
-    if (info.color !== null && info.color !== undefined) {
-      $("info-swatch").style.setProperty("--c", board.palette[info.color]);
-    }
-    if (!info.user_id) {
-      $("info-user").textContent = "Nobody yet";
-      $("info-when").textContent = "—";
-    } else {
-      const user = $("info-user");
-      user.textContent = info.user_id;
-      user.title = info.user_id;
-      if (info.user_id === api.userId) {
-        const badge = document.createElement("span");
-        badge.className = "badge";
-        badge.textContent = "you";
-        user.append(badge);
+    if (at === null) {
+      const info = await api.pixel(x, y);
+      if (token !== inspectToken) return;
+      if (info.color !== null && info.color !== undefined) {
+        $("info-swatch").style.setProperty("--c", board.palette[info.color]);
       }
-      $("info-when").textContent = ago(info.placed_at);
-      $("info-when").title = new Date(info.placed_at).toLocaleString();
+      showPlacedBy(info.user_id, info.placed_at);
+    }
+    const { placements } = await past;
+    if (token !== inspectToken) return;
+    if (at === null) {
+      showPixelHistory(placements, placements.length ? placements[0].seq : null, 0);
+    } else {
+      // As it was at `at`: the placements up to it.
+      const upto = placements.filter((p) => p.seq <= at);
+      const then = upto[0];
+      showPlacedBy(then ? then.user_id : null, then ? then.placed_at : null);
+      showPixelHistory(upto, then ? then.seq : null, placements.length - upto.length);
     }
   } catch {
     if (token !== inspectToken) return;
-    $("info-user").textContent = "Couldn't load";
-    $("info-when").textContent = "—";
+    if ($("info-user").textContent === "…") {
+      $("info-user").textContent = "Couldn't load";
+      $("info-when").textContent = "—";
+    }
+    $("info-history-note").textContent = "Couldn't load the history";
   }
 }
 
@@ -247,7 +320,15 @@ function parseHash() {
     const v = parseFloat(p.get(k) ?? "");
     return Number.isFinite(v) ? v : null;
   };
-  return { x: num("x"), y: num("y"), z: num("z") };
+  return { x: num("x"), y: num("y"), z: num("z"), seq: num("seq") };
+}
+
+/** The hash changed (a link was followed): go to its view and moment. */
+function hashChanged() {
+  applyHash();
+  const { seq } = parseHash();
+  if (seq !== null) hist.enter(seq);
+  else if (inHistory()) hist.exit();
 }
 
 function applyHash() {
@@ -266,11 +347,17 @@ function applyHash() {
 let hashTimer = null;
 function viewMoved() {
   renderZoom();
+  scheduleHash();
+}
+
+/** Keep the view (and in history mode the moment shown) in the URL, at most 5 times a second. */
+function scheduleHash() {
   if (hashTimer !== null) return;
   hashTimer = setTimeout(() => {
     hashTimer = null;
     const z = Math.round(view.z * 100) / 100;
-    const hash = `#x=${Math.floor(view.cx)}&y=${Math.floor(view.cy)}&z=${z}`;
+    let hash = `#x=${Math.floor(view.cx)}&y=${Math.floor(view.cy)}&z=${z}`;
+    if (inHistory()) hash += `&seq=${hist.seq}`;
     if (location.hash !== hash) history.replaceState(null, "", hash);
   }, 200);
 }
@@ -345,6 +432,11 @@ async function fetchCanvas() {
   }
 }
 
+function toggleHistory() {
+  if (inHistory()) hist.exit();
+  else hist.enter(stream.lastSeq);
+}
+
 function bindControls() {
   $("zoom-in").addEventListener("click", () => view.zoomBy(1.6));
   $("zoom-out").addEventListener("click", () => view.zoomBy(1 / 1.6));
@@ -358,6 +450,7 @@ function bindControls() {
     if (!m) return;
     const url = new URL(location.href);
     url.hash = `x=${m.x}&y=${m.y}&z=${Math.max(8, Math.round(view.z))}`;
+    if (inHistory()) url.hash += `&seq=${hist.seq}`;
     try {
       await navigator.clipboard.writeText(url.href);
       toast("Link copied");
@@ -366,12 +459,16 @@ function bindControls() {
       toast("Link is in the address bar");
     }
   });
-  window.addEventListener("hashchange", applyHash);
+  window.addEventListener("hashchange", hashChanged);
+  $("history-open").addEventListener("click", () => toggleHistory());
   window.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    if (e.target instanceof HTMLInputElement) return;
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
     const k = e.key;
-    if (/^[0-9]$/.test(k)) selectColor((Number(k) + 9) % 10);
+    if (k === "h" || k === "H") toggleHistory();
+    else if (inHistory() && k === " ") hist.playing ? hist.pause() : hist.play();
+    else if (inHistory() && (k === "," || k === ".")) hist.step(k === "," ? -1 : 1);
+    else if (/^[0-9]$/.test(k)) selectColor((Number(k) + 9) % 10);
     else if (k === "+" || k === "=") view.zoomBy(1.6);
     else if (k === "-" || k === "_") view.zoomBy(1 / 1.6);
     else if (k === "i" || k === "I") setInspect(!inspectMode);
@@ -405,6 +502,29 @@ async function main() {
     onMove: viewMoved,
   });
   if (!applyHash()) view.setView(width / 2, height / 2, view.fitZoom(), true);
+  openAtSeq = parseHash().seq;
+  hist = new HistoryMode({
+    width,
+    height,
+    palette,
+    view,
+    liveBoard: board,
+    hooks: {
+      getHead: () => stream.lastSeq,
+      onChange: scheduleHash,
+      onEnter: () => {
+        setInspect(false);
+        updatePreview();
+        scheduleHash();
+        if (!$("info").hidden && view.marked) inspect(view.marked.x, view.marked.y);
+      },
+      onExit: () => {
+        updatePreview();
+        scheduleHash();
+        if (!$("info").hidden && view.marked) inspect(view.marked.x, view.marked.y);
+      },
+    },
+  });
   renderZoom();
   bindControls();
   updatePreview();
@@ -417,10 +537,20 @@ async function main() {
     loadBoard: async (expect) => {
       const loaded = await loadBoard(expect);
       document.body.classList.remove("loading");
+      if (expect) hist.forget(); // another board (restored): its past is another one too
+      if (openAtSeq !== null) {
+        // Opened with #seq=N: history mode at N, now that the head is known.
+        const seq = openAtSeq;
+        openAtSeq = null;
+        setTimeout(() => hist.enter(seq), 0);
+      }
       return loaded;
     },
     apply: (index, color) => board.set(index, color),
-    onSeq: confirmUpTo,
+    onSeq: (seq) => {
+      confirmUpTo(seq);
+      hist.headChanged();
+    },
     onStatus: renderStatus,
     onOnline: renderOnline,
   });
@@ -467,7 +597,19 @@ async function main() {
     get view() {
       return { x: view.cx, y: view.cy, z: view.z };
     },
-    getPixel: (x, y) => (board.contains(x, y) ? board.get(x, y) : null),
+    // The colour shown (in history mode, at the moment shown); livePixel: now.
+    getPixel: (x, y) => (board.contains(x, y) ? view.board.get(x, y) : null),
+    livePixel: (x, y) => (board.contains(x, y) ? board.get(x, y) : null),
+    get history() {
+      return {
+        active: inHistory(),
+        seq: hist.seq,
+        target: hist.target,
+        loading: hist.loading,
+        playing: hist.playing,
+        heatmapSeq: hist.heatOn ? hist.heatShown : null,
+      };
+    },
     clientOf: (x, y) => view.clientOf(x, y),
   });
 }

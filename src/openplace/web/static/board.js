@@ -54,6 +54,17 @@ export class Board {
     this.changed();
   }
 
+  /** Replace everything with colours, one a pixel (history mode's checkpoints). */
+  loadColors(colors) {
+    this.colors.set(colors);
+    const px = this.pixels32;
+    const lut = this.lut;
+    for (let i = 0; i < colors.length; i++) px[i] = lut[colors[i]];
+    for (const [i, c] of this.pending) px[i] = lut[c];
+    this.dirty = [0, 0, this.width - 1, this.height - 1];
+    this.changed();
+  }
+
   index(x, y) {
     return y * this.width + x;
   }

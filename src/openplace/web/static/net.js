@@ -122,6 +122,11 @@ export class Api {
   pixel(x, y) {
     return this.request("GET", `/api/pixel?x=${x}&y=${y}`);
   }
+
+  /** `{x, y, placements: [{seq, color, user_id, placed_at}]}`, newest first. */
+  pixelHistory(x, y, limit = 20) {
+    return this.request("GET", `/api/pixel/history?x=${x}&y=${y}&limit=${limit}`);
+  }
 }
 
 const PING_EVERY = 25_000;

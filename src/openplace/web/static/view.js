@@ -25,6 +25,7 @@ export class View {
     this.hover = null; // {x, y} under the mouse
     this.preview = null; // colour to preview under the mouse, or null
     this.marked = null; // {x, y} highlighted (inspected pixel)
+    this.overlay = null; // an image the size of the board drawn over it (heatmap), or null
     this.pointers = new Map();
     this.gesture = null;
     this.frame = 0;
@@ -33,6 +34,13 @@ export class View {
     this.bind();
     new ResizeObserver(() => this.resize()).observe(canvas);
     this.resize();
+  }
+
+  /** Draw another board (history mode's) from now on. */
+  setBoard(board) {
+    this.board = board;
+    board.onChange = () => this.requestDraw();
+    this.requestDraw();
   }
 
   get minZoom() {
@@ -134,6 +142,11 @@ export class View {
     ctx.imageSmoothingEnabled = false;
     ctx.setTransform(z * dpr, 0, 0, z * dpr, origin.x * dpr, origin.y * dpr);
     ctx.drawImage(board.canvas, 0, 0);
+    if (this.overlay) {
+      ctx.globalAlpha = 0.6;
+      ctx.drawImage(this.overlay, 0, 0, board.width, board.height);
+      ctx.globalAlpha = 1;
+    }
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     if (this.marked) this.outline(this.marked.x, this.marked.y, "#2563eb", null);
     if (this.hover && z >= 3) {
