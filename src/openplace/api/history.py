@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
-from openplace.api.params import accepts_gzip, coordinate
+from openplace.api.params import MAX_SEQ, MAX_SIZE, accepts_gzip, coordinate
 from openplace.api.placing import iso
 from openplace.core.board import InvalidPixel
 from openplace.core.placement import StoreUnavailable
@@ -55,12 +55,14 @@ def _one(request: Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _number(request: Request, name: str, code: str = "bad_request") -> int | None:
+def _number(
+    request: Request, name: str, code: str = "bad_request", maximum: int = MAX_SEQ
+) -> int | None:
     value = _one(request, name)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise APIError(400, code, f"{name} must be a non-negative decimal integer")
+    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) > maximum:
+        raise APIError(400, code, f"{name} must be a decimal integer within 0..{maximum}")
     return int(value)
 
 
@@ -77,37 +79,38 @@ def parse_time(value: str) -> float:
 
 
 async def moment(request: Request, timeline: Timeline) -> tuple[int, bool] | None:
-    """The seq that ``?seq=`` or ``?at=`` names, and whether its answer is final (a
-    time after the newest placement may still gain placements); ``None`` if neither."""
+    """The seq that ``?seq=`` or ``?at=`` names (both: the earlier of the two), and
+    whether its answer is final (a time after the newest placement may still gain
+    placements); ``None`` if neither."""
     seq = _number(request, "seq", "bad_seq")
     at = _one(request, "at")
-    if seq is not None and at is not None:
-        raise APIError(400, "bad_request", "give seq or at, not both")
     if seq is not None:
         await read_history(request, timeline.check_seq(seq))
+    if at is None:
+        return None if seq is None else (seq, True)
+    ts = parse_time(at)
+    head, head_ts = await read_history(request, timeline.archive.committed())
+    found = await read_history(request, timeline.seq_at(ts))
+    final = head_ts is not None and ts < head_ts and found < head
+    if seq is not None and seq <= found:
         return seq, True
-    if at is not None:
-        ts = parse_time(at)
-        head, head_ts = await read_history(request, timeline.archive.committed())
-        found = await read_history(request, timeline.seq_at(ts))
-        return found, head_ts is not None and ts < head_ts and found < head
-    return None
+    return found, final
 
 
 def region_and_scale(request: Request, timeline: Timeline) -> tuple[Region, int]:
-    """``x, y, w, h`` (all or none; default the whole board) and ``scale`` (1..16)."""
+    """The region ``x, y, w, h`` (``x``, ``y`` default 0, ``w``, ``h`` to the board's
+    edge; cut at the edge) and ``scale`` (1..16)."""
     geometry = timeline.geometry
-    parts = [_number(request, name, "bad_region") for name in ("x", "y", "w", "h")]
-    if all(p is None for p in parts):
-        region = Region.whole(geometry)
-    elif any(p is None for p in parts):
-        raise APIError(400, "bad_region", "give all of x, y, w and h, or none")
-    else:
-        x, y, w, h = (int(p or 0) for p in parts)
-        try:
-            region = Region(x, y, w, h).check(geometry)
-        except ValueError as exc:
-            raise APIError(400, "bad_region", str(exc)) from exc
+    x, y, w, h = (_number(request, n, "bad_region", MAX_SIZE) for n in ("x", "y", "w", "h"))
+    x, y = x or 0, y or 0
+    if x >= geometry.width or y >= geometry.height:
+        raise APIError(400, "bad_region", f"x, y must be on the {geometry.width}x"
+                       f"{geometry.height} board")  # fmt: skip
+    if w == 0 or h == 0:
+        raise APIError(400, "bad_region", "w and h must be at least 1")
+    room_w, room_h = geometry.width - x, geometry.height - y
+    region = Region(x, y, room_w if w is None else min(w, room_w),
+                    room_h if h is None else min(h, room_h))  # fmt: skip
     scale = _number(request, "scale", "bad_scale")
     if scale is None:
         scale = 1
@@ -189,17 +192,18 @@ async def board_png_endpoint(request: Request) -> Response:
 
 
 async def _range(request: Request, timeline: Timeline) -> tuple[int, int, bool]:
-    """``from``/``to`` (seqs, inclusive; default the whole history) as ``after, upto``
-    clipped to the history, and whether the range is final."""
+    """``from``/``to`` (seqs, inclusive; default the whole history; ``to`` below
+    ``from``: none) as ``after, upto`` clipped to the history, and whether the range
+    is final."""
     first = _number(request, "from", "bad_range")
     last = _number(request, "to", "bad_range")
     head, _ = await read_history(request, timeline.archive.committed())
     first = 1 if first is None else max(first, 1)
     final = last is not None and last <= head
     upto = head if last is None else min(last, head)
-    if last is not None and last < first:
-        raise APIError(400, "bad_range", "to must not be below from")
-    return first - 1, max(upto, first - 1), final
+    if first > head + 1:
+        raise APIError(404, "not_found", f"from {first} is beyond the history (1..{head})")
+    return first - 1, max(upto, first - 1), final  # to below from: nothing
 
 
 async def history(request: Request) -> Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from openplace import __version__
+from openplace.api.params import MAX_SEQ, MAX_SIZE
 from openplace.config import Settings
 
 
@@ -39,6 +40,39 @@ _SERVER = {
     "429": {"$ref": "#/components/responses/TooMany"},
     "431": {"$ref": "#/components/responses/HeadersTooLarge"},
 }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+_SEQ_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
+_SEQ = _query("seq", _SEQ_SCHEMA, "the board right after this placement")
+_AT = _query("at", {"type": "string", "format": "date-time"}, "the board at this time")
+_FROM = _query("from", _SEQ_SCHEMA, "first seq (default 1)")
+_TO = _query("to", _SEQ_SCHEMA, "last seq (default: the newest; below from: none)")
+_PNG = {
+    "description": "A PNG",
+    "headers": {"X-Seq": {"required": True, "schema": {"type": "integer"}}},
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def _picture(settings: Settings) -> list[dict[str, Any]]:
+    """``x, y, w, h`` (a region, cut at the board's edge) and ``scale``."""
+    corner = {"x": settings.width - 1, "y": settings.height - 1}
+    region = [
+        _query(name, {"type": "integer", "minimum": 0, "maximum": top}, "region's corner")
+        for name, top in corner.items()
+    ] + [
+        _query(
+            name,
+            {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+            "region's size (cut at the board's edge)",
+        )
+        for name in ("w", "h")
+    ]
+    return [*region, _query("scale", {"type": "integer", "minimum": 1, "maximum": 16}, "scale")]
 
 
 def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -109,13 +143,19 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     "operationId": "getBoard",
                     "summary": "The packed board, 4 bits a pixel (Redis BITFIELD u4 layout)",
                     "description": "Pixel i = y*width + x is in byte i//2, high nibble for even i. "
-                    "Header X-Seq: seq of the last placement included; resume /ws from it.",
+                    "Header X-Seq: seq of the last placement included; resume /ws from it. "
+                    "With seq or at: the board right after that placement (or at that time), "
+                    "from the durable history, immutable (no X-Board-Id). Both: the earlier.",
+                    "parameters": [_SEQ, _AT],
                     "responses": _responses(
                         _200={
                             "description": "width*height/2 bytes (gzip-encoded if accepted)",
                             "headers": {
                                 "X-Seq": {"required": True, "schema": {"type": "integer"}},
-                                "X-Board-Id": {"required": True, "schema": {"type": "string"}},
+                                "X-Board-Id": {
+                                    "schema": {"type": "string"},
+                                    "description": "the live board's id (not with seq or at)",
+                                },
                                 "ETag": {"required": True, "schema": {"type": "string"}},
                             },
                             "content": {
@@ -125,6 +165,82 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                             },
                         },
                         _304={"description": "Not modified (If-None-Match)"},
+                        _400=_error("Bad seq or time, or both given"),
+                        _404=_error("That seq is not (yet) in the history"),
+                        _503=unavailable,
+                    ),
+                }
+            },
+            "/api/board.png": {
+                "get": {
+                    "operationId": "getBoardPng",
+                    "summary": "The board as a PNG: now, or at a seq or time; scaled; a region",
+                    "parameters": [_SEQ, _AT, *_picture(settings)],
+                    "responses": _responses(
+                        _200=_PNG,
+                        _304={"description": "Not modified (If-None-Match)"},
+                        _400=_error("Bad seq, time, region or scale"),
+                        _404=_error("That seq is not (yet) in the history"),
+                        _503=unavailable,
+                    ),
+                }
+            },
+            "/api/heatmap.png": {
+                "get": {
+                    "operationId": "getHeatmapPng",
+                    "summary": "Placements per pixel in from..to, log scale, as a PNG",
+                    "parameters": [_FROM, _TO, *_picture(settings)],
+                    "responses": _responses(
+                        _200=_PNG,
+                        _304={"description": "Not modified (If-None-Match)"},
+                        _400=_error("Bad range, region or scale"),
+                        _404=_error("from is beyond the history"),
+                        _503=unavailable,
+                    ),
+                }
+            },
+            "/api/history": {
+                "get": {
+                    "operationId": "getHistory",
+                    "summary": "Placements from..to as 5-byte records and their times",
+                    "description": "Binary: 0x02 | first_seq u64 | k u32 | k records (index "
+                    "u32, colour u8) | k times (float64 unix seconds), big-endian. At most "
+                    f"{settings.history_max_records} records; X-Next names where to go on.",
+                    "parameters": [_FROM, _TO],
+                    "responses": _responses(
+                        _200={
+                            "description": "The records (gzip-encoded if accepted)",
+                            "headers": {
+                                "X-Seq": {"required": True, "schema": {"type": "integer"}},
+                                "X-Next": {"schema": {"type": "integer"}},
+                            },
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        _400=_error("Bad range"),
+                        _404=_error("from is beyond the history"),
+                        _503=unavailable,
+                    ),
+                }
+            },
+            "/api/pixel/history": {
+                "get": {
+                    "operationId": "getPixelHistory",
+                    "summary": "Who placed what on this pixel, and when, newest first",
+                    "parameters": [
+                        *coords,
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": _responses(
+                        _200=_json("PixelHistory", "OK"),
+                        _400=_error("Bad coordinates or limit"),
                         _503=unavailable,
                     ),
                 }
@@ -259,6 +375,23 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "user_id": {"type": "string", "nullable": True},
                         "placed_at": _TS,
                         "seq": {"type": "integer", "minimum": 1, "nullable": True},
+                    }
+                ),
+                "PixelHistory": _object(
+                    {
+                        "x": {"type": "integer", "minimum": 0, "maximum": x_max},
+                        "y": {"type": "integer", "minimum": 0, "maximum": y_max},
+                        "placements": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "seq": {"type": "integer", "minimum": 1},
+                                    "color": {"type": "integer", "minimum": 0, "maximum": 15},
+                                    "user_id": {"type": "string"},
+                                    "placed_at": {"type": "string", "format": "date-time"},
+                                }
+                            ),
+                        },
                     }
                 ),
                 "Health": _object(

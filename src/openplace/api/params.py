@@ -6,6 +6,9 @@ from starlette.requests import Request
 
 from openplace.api.errors import APIError
 
+MAX_SEQ = 2**53 - 1  # the largest seq a query may name: what a JavaScript number holds
+MAX_SIZE = 2**31 - 1  # the largest region size a query may name (cut at the board)
+
 
 def coordinate(request: Request, name: str) -> int:
     """Query parameter ``name``, given once, as ASCII decimal digits (``int()`` would also
