@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from openplace.config import Settings
@@ -143,7 +144,7 @@ async def _timelapse(args: argparse.Namespace, timeline: Timeline) -> int:
     started = time.monotonic()
     columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=None, transient=False) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(f"rendering {args.out.name}", total=len(seqs))
         written = await render(timeline, plan, args.out,
                                lambda done, _: bar.update(task, completed=done))  # fmt: skip
