@@ -155,6 +155,7 @@ def test_history_mode(
         expect(page.locator("#history-slider")).to_have_attribute("max", str(HEAD))
         canvas_shows(page, HEAD)
         expect(page.locator("#history-seq")).to_have_text(f"#{HEAD}")
+        expect(page.locator("#history-time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
         shot(page, "entered")
 
         # Scrub back to seq 12: the first row in colours 1..12, the second still white.

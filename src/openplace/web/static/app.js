@@ -466,7 +466,11 @@ function bindControls() {
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
     const k = e.key;
     if (k === "h" || k === "H") toggleHistory();
-    else if (inHistory() && k === " ") hist.playing ? hist.pause() : hist.play();
+    else if (inHistory() && k === " ") {
+      if (e.target instanceof HTMLButtonElement || e.target instanceof HTMLAnchorElement) return;
+      if (hist.playing) hist.pause();
+      else hist.play();
+    }
     else if (inHistory() && (k === "," || k === ".")) hist.step(k === "," ? -1 : 1);
     else if (/^[0-9]$/.test(k)) selectColor((Number(k) + 9) % 10);
     else if (k === "+" || k === "=") view.zoomBy(1.6);

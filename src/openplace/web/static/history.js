@@ -288,6 +288,15 @@ export class Timeline {
     }
   }
 
+  /** Fetch the page with `t`'s time (again if the page size changed meanwhile). */
+  async loadTime(t) {
+    for (let i = 0; i < 3 && this.timeOf(t) === null; i++) {
+      const size = this.pageSize;
+      await this.fetchPage(this.pageOf(t), t);
+      if (this.pageSize === size) return;
+    }
+  }
+
   /** Start fetching the page after `t`'s when t is past the middle of its page. */
   prefetch(t, head) {
     if (t <= 0) return;
@@ -448,6 +457,12 @@ export class HistoryMode {
           this.setLoading(false);
           this.failed = false;
           this.shown();
+          if (t > 0 && tl.timeOf(t) === null) {
+            // Shown from the live board or a checkpoint: its time comes with its page.
+            tl.loadTime(t)
+              .then(() => this.seq === t && this.shown())
+              .catch(() => {});
+          }
           tl.prefetch(t, this.head());
           if (t < this.target) {
             // The history does not have the newest placements yet (not committed): retry.
