@@ -17,7 +17,7 @@ from PIL import Image
 from openplace.core.placement import Placement
 from openplace.core.timeline import PALETTE_RGB
 from tests.test_history_store import replay_to
-from tests.test_store_contract import GEOMETRY, H, W, MakeBackend, make_backend
+from tests.test_store_contract import H, MakeBackend, W, make_backend
 
 __all__ = ["make_backend"]
 
@@ -35,8 +35,8 @@ async def history_env(make: MakeBackend, tmp_path: Path) -> tuple[list[Placement
     env = {**os.environ, "OPENPLACE_WIDTH": str(W), "OPENPLACE_HEIGHT": str(H),
            "OPENPLACE_SECRET": "test-secret"}  # fmt: skip
     path = getattr(backend, "path", None)
-    await backend.close() if path is not None else None
-    if path is not None:  # embedded: the data dir holds openplace.sqlite3
+    if path is not None:  # embedded: closed, then the data dir holds openplace.sqlite3
+        await backend.close()
         data = tmp_path / "data"
         data.mkdir()
         shutil.copy(path, data / "openplace.sqlite3")
