@@ -29,6 +29,7 @@ from tests.test_browser import (  # noqa: F401  (browser, playwright_sync: fixtu
     wait_live,
     wait_pixel,
 )
+from tests.test_browser_csp import RECORD_VIOLATIONS
 
 pytestmark = pytest.mark.browser
 
@@ -113,11 +114,17 @@ def open_at(browser: Browser, url: str, errors: list[str], requests: list[str]) 
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT * 1000)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.add_init_script(RECORD_VIOLATIONS)  # the page's CSP holds in history mode too
     origin = url.split("/#")[0]
     page.on("request", lambda req: requests.append(f"{req.method} {req.url.removeprefix(origin)}"))
     page.goto(url)
     wait_live(page)
     return page
+
+
+def no_csp_violations(page: Page) -> None:
+    violations = page.evaluate("() => window.__cspViolations")
+    assert violations == [], f"CSP violations: {violations}"
 
 
 def test_history_mode(
@@ -211,6 +218,7 @@ def test_history_mode(
         linked.reload()
         wait_live(linked)
         canvas_shows(linked, 35)
+        no_csp_violations(linked)
         linked.context.close()
 
         # The heatmap overlay: at seq 30, placed pixels glow and the rest is darkened.
@@ -262,6 +270,7 @@ def test_history_mode(
         place_as_new_user(http, 31, 4, 13)
         wait_pixel(page, 31, 4, 13)
         shot(page, "live-again")
+        no_csp_violations(page)
         page.context.close()
         assert not errors, f"uncaught errors in the page: {errors}"
     finally:

@@ -571,7 +571,7 @@ async function main() {
   if (!localStorage.getItem(HINT_KEY)) {
     const touch = matchMedia("(pointer: coarse)").matches;
     setTimeout(() => {
-      if (toasted) return;
+      if (toasted || inHistory() || openAtSeq !== null) return;
       toast(
         touch
           ? "Tap to place · drag to move · pinch to zoom · long-press to inspect"
