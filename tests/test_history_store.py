@@ -89,3 +89,32 @@ async def test_timelapse_frames_follow_the_log(make_backend: MakeBackend) -> Non
         assert data == replay_to(placed, seq), seq
     board = Board(GEOMETRY, got[-1][1])
     assert board.snapshot() == replayed(placed)
+
+
+def test_missing_keyframes_are_found_in_every_long_stretch() -> None:
+    from openplace.storage.durability import keyframes_missing
+
+    assert keyframes_missing([], 300, 40) == [40, 80, 120, 160, 200, 240, 280]
+    assert keyframes_missing([300], 300, 40) == [40, 80, 120, 160, 200, 240, 280]
+    assert keyframes_missing([100, 200], 230, 50) == [50, 150]
+    assert keyframes_missing([40, 80], 100, 40) == []  # the tail is the store's
+    assert keyframes_missing([], 0, 40) == []
+
+
+async def test_a_history_from_before_keyframes_gets_them(make_backend: MakeBackend) -> None:
+    """A database whose history has no keyframes (they were pruned to the newest) gets
+    them in the background after opening, and the boards at them are exact."""
+    backend = await make_backend(cooldown=0, snapshot_every=10_000)
+    store = await backend.store()
+    placed = [await store.place(f"u{k}", (k * 7) % (W * H), k % 16) for k in range(300)]
+    backend.snapshot_every = 40  # type: ignore[attr-defined]  # the new setting
+    await backend.reopen()
+    async with asyncio.timeout(20):
+        while not set(range(40, 281, 40)) <= set(await backend.snapshot_seqs()):
+            await asyncio.sleep(0.05)
+    timeline = Timeline(await backend.archive())
+    for seq in (40, 200, 280, 299):
+        keyframe = await timeline.archive.keyframe(seq)
+        assert keyframe is not None and keyframe[0] == seq // 40 * 40
+        assert keyframe[1] == replay_to(placed, keyframe[0])
+        assert await timeline.board(seq) == replay_to(placed, seq)

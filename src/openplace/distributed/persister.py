@@ -35,7 +35,9 @@ from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyf
 from openplace.core.wire import encode_record
 from openplace.distributed import keys
 from openplace.distributed.acks import BoardId, continuing, restore_reason
+from openplace.distributed.archive import PostgresArchive
 from openplace.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+from openplace.storage.backfill import backfill_keyframes
 from openplace.storage.durability import check_size, load_board, size_text
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class Persister:
         self.restores = 0
         self._pg: asyncpg.Connection | None = None
         self._redis: aioredis.Redis | None = None
+        self._backfill: asyncio.Task[None] | None = None
 
     @property
     def board_id(self) -> BoardId:
@@ -136,6 +139,8 @@ class Persister:
                 await self._check_redis_keeps_nothing()
             await self._load()
             await self._announce_committed()
+            if self._backfill is None or self._backfill.done():
+                self._backfill = asyncio.create_task(self._backfill_keyframes())
             return True
         except BaseException:
             self._pg = None
@@ -179,6 +184,9 @@ class Persister:
     async def close(self) -> None:
         from openplace.distributed.store import close_quietly
 
+        if self._backfill is not None:
+            self._backfill.cancel()
+            await asyncio.gather(self._backfill, return_exceptions=True)
         if self._redis is not None:
             await close_quietly(self._redis.aclose())
         if self._pg is not None:
@@ -211,6 +219,28 @@ class Persister:
         )  # fmt: skip
         if progress:
             progress(f"applied {len(tail)} placements after it; committed seq {self.committed}")
+
+    async def _backfill_keyframes(self) -> None:
+        """Keyframes for the history from before they were all kept, on connections of
+        its own, beside the commits (idempotent: a persister that takes over later
+        writes what is still missing)."""
+        archive = PostgresArchive(self.geometry, database_url=self.database_url)
+        try:
+            await archive.open()
+            have = [int(r[0]) for r in await archive.pool.fetch("SELECT seq FROM snapshots")]
+
+            async def write(seq: int, frame: bytes) -> None:
+                await archive.pool.execute(
+                    "INSERT INTO snapshots (seq, board, codec) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    seq, frame, KEYFRAME_CODEC,
+                )  # fmt: skip
+
+            await backfill_keyframes(archive, have, self.committed, self.snapshot_every, write)
+        except Exception:
+            log.exception("writing the history's keyframes failed; again when next active")
+        finally:
+            await archive.close()
 
     # -- main loop -----------------------------------------------------------------
 

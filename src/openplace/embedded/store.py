@@ -36,6 +36,8 @@ from openplace.core.placement import (
 )
 from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
+from openplace.embedded.archive import SqliteArchive
+from openplace.storage.backfill import backfill_keyframes
 from openplace.storage.base import Listener, ResetListener
 from openplace.storage.durability import (
     check_complete,
@@ -122,6 +124,7 @@ class EmbeddedStore:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="openplace-reader")
         self._wdb: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
+        self._backfill: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -130,12 +133,16 @@ class EmbeddedStore:
         await loop.run_in_executor(self._writer, self._open_writer)
         await loop.run_in_executor(self._reader, self._open_reader)
         self._next_seq = self._head + 1
+        self._backfill = asyncio.create_task(self._backfill_keyframes())
         log.info(
             "embedded store open",
             extra={"path": str(self.path), "seq": self._head, "snapshot_seq": self._snapshot_seq},
         )
 
     async def close(self) -> None:
+        if self._backfill is not None:
+            self._backfill.cancel()
+            await asyncio.gather(self._backfill, return_exceptions=True)
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
         loop = asyncio.get_running_loop()
@@ -300,9 +307,11 @@ class EmbeddedStore:
 
     def _write_snapshot(self, seq: int, data: bytes) -> int:
         """A keyframe of the board after ``seq`` (all are kept: they are the history's)."""
+        return self._write_keyframe(seq, encode_keyframe(data))
+
+    def _write_keyframe(self, seq: int, frame: bytes) -> int:
         db = self._wdb
         assert db is not None
-        frame = encode_keyframe(data)
         db.execute("BEGIN")
         try:
             db.execute(
@@ -315,6 +324,23 @@ class EmbeddedStore:
                 db.execute("ROLLBACK")
             raise
         return seq
+
+    async def _backfill_keyframes(self) -> None:
+        """Keyframes for the history from before they were all kept (in the background:
+        the canvas serves meanwhile; what is left is done at the next start)."""
+        archive = SqliteArchive(self.path, self.geometry)
+        loop = asyncio.get_running_loop()
+
+        async def write(seq: int, frame: bytes) -> None:
+            await loop.run_in_executor(self._writer, self._write_keyframe, seq, frame)
+
+        try:
+            have = [int(r[0]) for r in await self._read("SELECT seq FROM snapshots", ())]
+            await backfill_keyframes(archive, have, self._head, self.snapshot_every, write)
+        except Exception:
+            log.exception("writing the history's keyframes failed; again at the next start")
+        finally:
+            await archive.close()
 
     # -- reading -------------------------------------------------------------------
 

@@ -70,3 +70,18 @@ def check_complete(after: int, upto: int, held: int) -> None:
     want = max(0, upto - after)
     if held != want:
         raise TooOld(f"placements {after + 1}..{upto} are not all held ({held} of {want})")
+
+
+def keyframes_missing(have: Sequence[int], head: int, every: int) -> list[int]:
+    """The seqs at which keyframes are missing: every stretch of the log ``0..head``
+    longer than ``every`` without one (a database from before keyframes were kept)
+    gets one each ``every`` placements. The stretch after the newest keyframe is left
+    to the store (it writes the next one when it comes)."""
+    targets: list[int] = []
+    start = 0
+    for end in [*sorted(k for k in set(have) if 0 < k <= head), head]:
+        while end - start > every:
+            start += every
+            targets.append(start)
+        start = end
+    return targets
