@@ -3,6 +3,7 @@
 python -m bench                 # the targets' scale, 3 runs each (about 10 minutes)
 python -m bench --smoke         # seconds; what the test suite runs
 python -m bench --only placements,fanout --modes distributed
+python -m bench --only history --runs 1 --out -   # a 10M-placement history, both modes
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from harness.servers import PostgresServer
 from bench import report, scenarios
 from bench.stack import Distributed, Embedded
 
-ALL = ("placements", "fanout", "board", "ceiling", "restore", "catchup")
+ALL = ("placements", "fanout", "board", "ceiling", "restore", "catchup", "history")
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
@@ -35,6 +36,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "board_duration": 5,
         "placements_n": 1_000_000,
         "behind": 100_000,
+        "history_n": 10_000_000,
+        "history_requests": 300,
+        "video_n": 1_000_000,
+        "video_frames": 1800,
     },
     "smoke": {
         "runs": 1,
@@ -48,6 +53,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "board_duration": 1,
         "placements_n": 20_000,
         "behind": 2_000,
+        "history_n": 50_000,
+        "history_requests": 20,
+        "video_n": 50_000,
+        "video_frames": 30,
     },
 }
 
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["embedded.restart"] = scenarios.median_of(
                     [scenarios.restart_embedded(n, say) for _ in range(scale["runs"])]
                 )
+        if "history" in only:
+            figures.update(run_history(modes, scale, postgres, say))
     finally:
         scenarios.stop_static_nginx()
         if postgres is not None:
@@ -218,6 +229,30 @@ def run_live(
             )
         finally:
             stack.stop()
+    return out
+
+
+def run_history(
+    modes: list[str], scale: dict[str, Any], postgres: PostgresServer | None, say: scenarios.Say
+) -> dict[str, Any]:
+    """Past boards, keyframes' disk cost and timelapses on a synthetic history of
+    ``history_n`` placements, bulk-loaded into each mode's storage."""
+    n = scale["history_n"]
+    say(f"history: generating {n:,} random placements")
+    history = scenarios.SynthHistory.make(n)
+    kw: dict[str, Any] = {
+        "requests": scale["history_requests"],
+        "runs": scale["runs"],
+        "video_n": min(n, scale["video_n"]),
+        "video_frames": scale["video_frames"],
+        "say": say,
+    }
+    out: dict[str, Any] = {}
+    if "embedded" in modes:
+        out["embedded.history"] = scenarios.history_embedded(history, **kw)
+    if "distributed" in modes:
+        assert postgres is not None
+        out["distributed.history"] = scenarios.history_distributed(history, postgres, **kw)
     return out
 
 

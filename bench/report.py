@@ -188,7 +188,31 @@ def rows(results: dict[str, Any]) -> list[Row]:
     e = f.get("embedded.restart")
     if e:
         out.append(Row("restart until serving", "embedded", e["restart_s"], "s", None, False))
+    for mode in ("embedded", "distributed"):
+        out += history_rows(mode, f.get(f"{mode}.history"))
     return out
+
+
+def history_rows(mode: str, h: dict[str, Any] | None) -> list[Row]:
+    """Past boards over a long history, the keyframes' disk cost, timelapses."""
+    if not h:
+        return []
+    n, pb, build, video = h["placements"], h["past_board"], h["build"], h["timelapse"]
+    per_m = 1_000_000 / n / 2**20  # bytes in all -> MiB per million placements
+    return [
+        Row(f"GET /api/board?seq=N p50 ({n / 1e6:g}M history, gzip)", mode, pb["p50_ms"], "ms",
+            50, False),
+        Row(f"GET /api/board?seq=N p99 ({n / 1e6:g}M history, gzip)", mode, pb["p99_ms"], "ms",
+            200, False),
+        Row("keyframes on disk per 1M placements", mode, build["keyframes_bytes"] * per_m,
+            "MiB", None, False),
+        Row("log on disk per 1M placements (with indexes)", mode, build["log_bytes"] * per_m,
+            "MiB", None, False),
+        Row("timelapse frames/s at 1000x1000 (.mp4)", mode, video["frames_per_s"], "/s", 60),
+        Row(f"timelapse {video['video_s']:g} s video ({video['frames']:,} frames) of "
+            f"{video['placements'] / 1e6:g}M", mode, video["render_s"], "s",
+            video["frames"] / 60, False),
+    ]  # fmt: skip
 
 
 def fmt(v: float, unit: str) -> str:

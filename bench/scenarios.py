@@ -510,3 +510,407 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = median_of([r[key] for r in runs])
     out["runs"] = len(runs)
     return out
+
+
+# -- history: past boards, keyframes' disk cost, timelapses ---------------------------
+
+
+KEYFRAME_EVERY = 25_000  # the stores' default snapshot_every: one keyframe per interval
+HISTORY_T0 = 1_700_000_000.0  # the synthetic history's first placement (unix seconds)
+HISTORY_STEP = 0.001  # seconds between placements: 1,000/s
+HISTORY_USERS = 5000
+
+
+def _history_rows(
+    h: SynthHistory, start: int, stop: int, *, pg_epoch: int | None = None
+) -> list[tuple[Any, ...]]:
+    """Log rows for placements ``start+1 .. stop`` as the stores write them: SQLite's
+    ``(seq, idx, color, user_id, ts)`` with unix seconds, or PostgreSQL's with a
+    ``datetime`` and the epoch column (``pg_epoch``)."""
+    from datetime import UTC, datetime
+
+    idx = h.idx[start:stop].tolist()
+    col = h.col[start:stop].tolist()
+    if pg_epoch is None:
+        return [
+            (s + 1, i, c, f"u{s % HISTORY_USERS}", HISTORY_T0 + s * HISTORY_STEP)
+            for s, i, c in zip(range(start, stop), idx, col, strict=True)
+        ]
+    fromts = datetime.fromtimestamp
+    return [
+        (s + 1, i, c, f"u{s % HISTORY_USERS}", fromts(HISTORY_T0 + s * HISTORY_STEP, UTC),
+         pg_epoch)
+        for s, i, c in zip(range(start, stop), idx, col, strict=True)
+    ]  # fmt: skip
+
+
+def history_keyframes(h: SynthHistory, every: int = KEYFRAME_EVERY) -> Iterator[tuple[int, bytes]]:
+    """``(seq, keyframe)`` every ``every`` placements, as the stores write them: the
+    packed board after that seq, encoded with :func:`~openplace.core.timeline.encode_keyframe`
+    (codec :data:`~openplace.core.timeline.KEYFRAME_CODEC`)."""
+    from openplace.core.board import Board, Geometry, apply_arrays
+    from openplace.core.timeline import encode_keyframe
+
+    board = Board(Geometry(*GEOMETRY_1000))
+    for seq in range(every, h.n + 1, every):
+        apply_arrays(board.data, h.idx[seq - every : seq], h.col[seq - every : seq])
+        yield seq, encode_keyframe(board.snapshot())
+
+
+def history_board_at(h: SynthHistory, seq: int) -> bytes:
+    """The packed board right after ``seq``, replayed from the start (the check)."""
+    from openplace.core.board import Board, Geometry, apply_arrays
+
+    board = Board(Geometry(*GEOMETRY_1000))
+    apply_arrays(board.data, h.idx[:seq], h.col[:seq])
+    return board.snapshot()
+
+
+def _pixels_and_users(h: SynthHistory) -> tuple[list[tuple[int, int, int]], dict[int, int]]:
+    """The latest placement per pixel ``(idx, color, seq)`` and per user number (its
+    last seq): what the stores keep beside the log."""
+    import numpy as np
+
+    rev_idx, rev_pos = np.unique(h.idx[::-1], return_index=True)
+    last = h.n - 1 - rev_pos  # 0-based position of each pixel's last placement
+    pixels = list(zip(rev_idx.tolist(), h.col[last].tolist(), (last + 1).tolist(), strict=True))
+    # Placement s (0-based) is user s % HISTORY_USERS's: each user's last one.
+    users = {u: u + (h.n - 1 - u) // HISTORY_USERS * HISTORY_USERS
+             for u in range(min(HISTORY_USERS, h.n))}  # fmt: skip
+    return pixels, users
+
+
+def build_embedded_history(h: SynthHistory, data_dir: Path, say: Say) -> dict[str, Any]:
+    """An embedded data dir holding ``h``: the store creates its schema (opened and
+    closed once), then the log and its keyframes are bulk-loaded. The by-pixel index
+    is dropped while loading and created again (the same definition) at the end."""
+    import sqlite3
+
+    from openplace.core.board import Geometry
+    from openplace.core.timeline import KEYFRAME_CODEC
+    from openplace.embedded.store import EmbeddedStore
+
+    t0 = time.perf_counter()
+    path = data_dir / "openplace.sqlite3"
+
+    async def create() -> None:
+        store = EmbeddedStore(path, Geometry(*GEOMETRY_1000), 0, snapshot_every=KEYFRAME_EVERY)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    db = sqlite3.connect(path, isolation_level=None)
+    index_sql = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'placements_by_pixel'"
+    ).fetchone()[0]
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("DROP INDEX placements_by_pixel")
+    frames = history_keyframes(h)
+    step = max(BATCH, h.n // 20)
+    for start in range(0, h.n, step):
+        stop = min(h.n, start + step)
+        db.execute("BEGIN")
+        for s in range(start, stop, BATCH):
+            db.executemany(
+                "INSERT INTO placements VALUES (?, ?, ?, ?, ?)",
+                _history_rows(h, s, min(stop, s + BATCH)),
+            )
+        for seq, frame in frames:  # the keyframes up to ``stop``
+            db.execute(
+                "INSERT INTO snapshots (seq, board, codec) VALUES (?, ?, ?)",
+                (seq, frame, KEYFRAME_CODEC),
+            )
+            if seq + KEYFRAME_EVERY > stop:
+                break
+        db.execute("COMMIT")
+        say(f"history: SQLite {stop:,} / {h.n:,} placements ({time.perf_counter() - t0:.0f} s)")
+    say("history: SQLite indexing the log by pixel")
+    db.execute(index_sql)
+    _, users = _pixels_and_users(h)
+    db.executemany(
+        "INSERT INTO users VALUES (?, ?)",
+        [(f"u{u}", HISTORY_T0 + s * HISTORY_STEP) for u, s in users.items()],
+    )
+    db.execute("PRAGMA journal_mode=WAL")
+    sizes = _sqlite_sizes(db)
+    db.close()
+    return {"build_s": time.perf_counter() - t0, **sizes}
+
+
+def _sqlite_sizes(db: Any) -> dict[str, Any]:
+    """Bytes on disk of the keyframes and of the log (its table and indexes)."""
+
+    def pages(*names: str) -> int:
+        marks = ",".join("?" * len(names))
+        row = db.execute(f"SELECT sum(pgsize) FROM dbstat WHERE name IN ({marks})", names)
+        return int(row.fetchone()[0] or 0)
+
+    return {
+        "keyframes_bytes": pages("snapshots"),
+        "log_bytes": pages("placements", "placements_by_pixel"),
+        "log_table_bytes": pages("placements"),
+        "keyframes": int(db.execute("SELECT count(*) FROM snapshots").fetchone()[0]),
+    }
+
+
+async def build_postgres_history(h: SynthHistory, url: str, say: Say) -> dict[str, Any]:
+    """A PostgreSQL database holding ``h`` as the persister leaves it: the schema
+    migrated, the log (epoch 1, as after the first restore) and its keyframes copied
+    in, the latest state per pixel and per user, meta ``board_uid``, ``size`` and
+    ``epoch``. The by-pixel index is dropped while copying and created again."""
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from openplace.core.timeline import KEYFRAME_CODEC
+    from openplace.distributed.schema import migrate, set_meta
+
+    t0 = time.perf_counter()
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        await set_meta(conn, "board_uid", "benchhist")
+        await set_meta(conn, "size", "1000x1000")
+        await set_meta(conn, "epoch", "1")
+        await conn.execute("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'")
+        await conn.execute("DROP INDEX placements_by_pixel")
+        frames = history_keyframes(h)
+        step = max(BATCH, h.n // 20)
+        for start in range(0, h.n, step):
+            stop = min(h.n, start + step)
+            for s in range(start, stop, BATCH):
+                await conn.copy_records_to_table(
+                    "placements",
+                    records=_history_rows(h, s, min(stop, s + BATCH), pg_epoch=1),
+                    columns=["seq", "idx", "color", "user_id", "ts", "epoch"],
+                )
+            rows = []
+            for seq, frame in frames:
+                rows.append((seq, frame, KEYFRAME_CODEC))
+                if seq + KEYFRAME_EVERY > stop:
+                    break
+            if rows:
+                await conn.copy_records_to_table(
+                    "snapshots", records=rows, columns=["seq", "board", "codec"]
+                )
+            say(
+                f"history: PostgreSQL {stop:,} / {h.n:,} placements "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+        say("history: PostgreSQL indexing the log by pixel")
+        await conn.execute("CREATE INDEX placements_by_pixel ON placements (idx, seq)")
+        pixels, users = _pixels_and_users(h)
+
+        def when(s: int) -> datetime:
+            return datetime.fromtimestamp(HISTORY_T0 + s * HISTORY_STEP, UTC)
+
+        await conn.copy_records_to_table(
+            "pixels",
+            records=[(i, c, f"u{(s - 1) % HISTORY_USERS}", when(s - 1), s) for i, c, s in pixels],
+            columns=["idx", "color", "user_id", "ts", "seq"],
+        )
+        await conn.copy_records_to_table(
+            "users",
+            records=[(f"u{u}", when(s)) for u, s in users.items()],
+            columns=["user_id", "last_placed"],
+        )
+        await conn.execute("VACUUM ANALYZE placements")
+        await conn.execute("VACUUM ANALYZE snapshots")
+        sizes = await conn.fetchrow(
+            "SELECT pg_total_relation_size('snapshots') AS k, "
+            "pg_total_relation_size('placements') AS l, pg_relation_size('placements') AS t, "
+            "(SELECT count(*) FROM snapshots) AS n"
+        )
+    finally:
+        await conn.close()
+    return {
+        "build_s": time.perf_counter() - t0,
+        "keyframes_bytes": int(sizes["k"]),
+        "log_bytes": int(sizes["l"]),
+        "log_table_bytes": int(sizes["t"]),
+        "keyframes": int(sizes["n"]),
+    }
+
+
+def past_boards(
+    url: str, h: SynthHistory, requests: int, seed: int, check: int = 3
+) -> dict[str, Any]:
+    """``GET /api/board?seq=N`` for ``requests`` different random N over the whole
+    history, one at a time on a keep-alive connection, gzip accepted as a browser does;
+    the first ``check`` answers are compared with the board replayed from the log."""
+    import gzip
+    import http.client
+    import urllib.parse
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    seqs = (rng.choice(h.n, size=min(requests, h.n), replace=False) + 1).tolist()
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    lat: list[float] = []
+    sizes: list[int] = []
+    errors = 0
+    try:
+        for i, seq in enumerate(seqs):
+            t0 = time.perf_counter()
+            conn.request("GET", f"/api/board?seq={seq}", headers={"Accept-Encoding": "gzip"})
+            resp = conn.getresponse()
+            body = resp.read()
+            lat.append((time.perf_counter() - t0) * 1000)
+            sizes.append(len(body))
+            if resp.status != 200 or resp.getheader("X-Seq") != str(seq):
+                errors += 1
+                continue
+            if i < check:
+                if resp.getheader("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if body != history_board_at(h, seq):
+                    raise RuntimeError(f"GET /api/board?seq={seq} is not the replayed board")
+    finally:
+        conn.close()
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(len(lat) * p / 100))]
+
+    return {
+        "requests": len(lat),
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "max_ms": lat[-1],
+        "mean_bytes": statistics.mean(sizes),
+        "errors": errors,
+    }
+
+
+def timelapse(archive: Any, n: int, frames: int, fps: int = 30) -> dict[str, Any]:
+    """Render ``frames`` frames of placements ``1 .. n`` at 1000 x 1000 to an .mp4 with
+    :func:`openplace.history.video.render`, reading ``archive``; frames/s and wall time."""
+    from openplace.core.timeline import Region, frame_seqs
+    from openplace.history.timeline import Timeline
+    from openplace.history.video import Plan, render
+
+    out_dir = Path(tempfile.mkdtemp(prefix="op-bench-video-"))
+    out = out_dir / "timelapse.mp4"
+
+    async def run() -> tuple[int, float]:
+        await archive.open()
+        try:
+            timeline = Timeline(archive)
+            plan = Plan(0, n, frame_seqs(0, n, frames), fps, Region.whole(timeline.geometry))
+            t0 = time.perf_counter()
+            written = await render(timeline, plan, out)
+            return written, time.perf_counter() - t0
+        finally:
+            await archive.close()
+
+    try:
+        written, took = asyncio.run(run())
+        size = out.stat().st_size
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "placements": n,
+        "frames": written,
+        "fps": fps,
+        "video_s": written / fps,
+        "render_s": took,
+        "frames_per_s": written / took,
+        "mp4_bytes": size,
+    }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: other work shares this machine's cores."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def history_embedded(
+    h: SynthHistory, *, requests: int, runs: int, video_n: int, video_frames: int, say: Say
+) -> dict[str, Any]:
+    """The history benchmarks on an embedded data dir built from ``h``."""
+    from openplace.core.board import Geometry
+    from openplace.embedded.archive import SqliteArchive
+
+    data_dir = Path(tempfile.mkdtemp(prefix="op-bench-history-"))
+    try:
+        say(f"history: building an embedded history of {h.n:,} placements")
+        out: dict[str, Any] = {"placements": h.n, "build": build_embedded_history(h, data_dir, say)}
+        out["load_average_before"] = load_average()
+        say(f"history: embedded GET /api/board?seq=N, {requests} random N "
+            f"(load average {out['load_average_before']})")  # fmt: skip
+        stack = Embedded(data_dir=data_dir).start()
+        try:
+            out["past_board"] = median_of(
+                [past_boards(stack.url, h, requests, seed=run) for run in range(runs)]
+            )
+        finally:
+            stack.stop()
+        say(f"history: embedded timelapse, {video_frames} frames of {video_n:,} placements")
+        out["timelapse"] = timelapse(
+            SqliteArchive(data_dir / "openplace.sqlite3", Geometry(*GEOMETRY_1000)),
+            video_n, video_frames,
+        )  # fmt: skip
+        out["load_average_after"] = load_average()
+        say(f"history: load average {out['load_average_after']}")
+        return out
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def history_distributed(
+    h: SynthHistory,
+    postgres: PostgresServer,
+    *,
+    requests: int,
+    runs: int,
+    video_n: int,
+    video_frames: int,
+    say: Say,
+) -> dict[str, Any]:
+    """The history benchmarks on a PostgreSQL database built from ``h``, served by a
+    cluster (persister, one API process, one realtime process, nginx)."""
+    from openplace.core.board import Geometry
+    from openplace.distributed.archive import PostgresArchive
+
+    url = asyncio.run(postgres.new_database())
+    try:
+        say(f"history: building a distributed history of {h.n:,} placements")
+        out: dict[str, Any] = {
+            "placements": h.n,
+            "build": asyncio.run(build_postgres_history(h, url, say)),
+        }
+        out["load_average_before"] = load_average()
+        say(f"history: distributed GET /api/board?seq=N, {requests} random N "
+            f"(load average {out['load_average_before']})")  # fmt: skip
+        stack = Distributed(api=1, realtime=1).start(postgres, url)
+        try:
+            head = json.loads(_get(stack.api_urls[0] + "/healthz"))["seq"]
+            if head != h.n:  # the persister must have found the history whole
+                raise RuntimeError(f"the cluster serves seq {head}, the history holds {h.n}")
+            out["past_board"] = median_of(
+                [past_boards(stack.api_urls[0], h, requests, seed=run) for run in range(runs)]
+            )
+        finally:
+            stack.stop()
+        say(f"history: distributed timelapse, {video_frames} frames of {video_n:,} placements")
+        out["timelapse"] = timelapse(
+            PostgresArchive(Geometry(*GEOMETRY_1000), database_url=url), video_n, video_frames
+        )
+        out["load_average_after"] = load_average()
+        say(f"history: load average {out['load_average_after']}")
+        return out
+    finally:
+        asyncio.run(_drop_database(postgres, url))
+
+
+async def _drop_database(postgres: PostgresServer, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
