@@ -188,3 +188,13 @@ def test_history_body_round_trips() -> None:
     assert (back.after, back.indexes.tolist(), back.colors.tolist()) == (41, [5, 999_999], [15, 0])
     assert back.times is not None and back.times.tolist() == [1.5, 1_800_000_000.25]
     assert gzip.decompress(gzip.compress(encode_history(log))) == encode_history(log)
+
+
+def test_packed_boards_turn_into_palette_colours() -> None:
+    from openplace.core.timeline import packed_rgb, to_rgb, unpack
+
+    rng = np.random.default_rng(5)
+    packed = rng.integers(0, 256, W * H // 2, dtype=np.uint8).tobytes()
+    assert np.array_equal(packed_rgb(packed, GEOMETRY), to_rgb(unpack(packed, GEOMETRY)))
+    board = Board(GEOMETRY, packed)
+    assert unpack(packed, GEOMETRY)[3, 7] == board.get(3 * W + 7)

@@ -182,6 +182,18 @@ class Region:
         return self
 
 
+# Each packed byte (two pixels) straight to their six RGB bytes: one gather per frame.
+PAIR_RGB: U8 = np.concatenate(
+    [PALETTE_RGB[np.arange(256) >> 4], PALETTE_RGB[np.arange(256) & 0x0F]], axis=1
+)
+
+
+def packed_rgb(packed: bytes | bytearray, geometry: Geometry) -> U8:
+    """The packed board as RGB, shape ``(height, width, 3)``."""
+    pairs = PAIR_RGB[np.frombuffer(packed, dtype=np.uint8)]
+    return pairs.reshape(geometry.height, geometry.width, 3)
+
+
 def unpack(packed: bytes | bytearray, geometry: Geometry) -> U8:
     """The board as one colour index per pixel, shape ``(height, width)``."""
     b = np.frombuffer(packed, dtype=np.uint8)

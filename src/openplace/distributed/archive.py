@@ -56,6 +56,9 @@ class PostgresArchive:
         )
         return (0, None) if row is None else (int(row["seq"]), float(row["t"]))
 
+    async def keyframe_seqs(self) -> list[int]:
+        return [int(r[0]) for r in await self.pool.fetch("SELECT seq FROM snapshots ORDER BY seq")]
+
     async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
         row = await self.pool.fetchrow(
             "SELECT seq, board, codec FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",

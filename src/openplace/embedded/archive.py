@@ -64,6 +64,12 @@ class SqliteArchive:
         )
         return (0, None) if row is None else (int(row[0]), float(row[1]))
 
+    async def keyframe_seqs(self) -> list[int]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT seq FROM snapshots ORDER BY seq").fetchall()
+        )
+        return [int(r[0]) for r in rows]
+
     async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
         row = await self._run(
             lambda db: db.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
@@ -81,9 +82,12 @@ class Timeline:
         the placements between them."""
         board = Board(self.geometry, await self.board(after))
         seq = after
+        keyframes = await self.archive.keyframe_seqs()
         for target in seqs:
-            keyframe = await self.archive.keyframe(target)
-            if keyframe is not None and keyframe[0] > seq:
+            newest = bisect.bisect_right(keyframes, target) - 1
+            if newest >= 0 and keyframes[newest] > seq:  # jump: read it only then
+                keyframe = await self.archive.keyframe(keyframes[newest])
+                assert keyframe is not None
                 seq, board = keyframe[0], Board(self.geometry, keyframe[1])
             if target > seq:
                 log = await self.log(seq, target)

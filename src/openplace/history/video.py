@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from openplace.core.timeline import PALETTE_RGB, Region, crop_scale, unpack
+from openplace.core.timeline import PALETTE_RGB, Region, crop_scale, packed_rgb, unpack
 from openplace.history.timeline import Timeline
 
 FORMATS = {
@@ -69,13 +69,14 @@ async def render(
         stream.time_base = Fraction(1, plan.fps)
         canvas = np.full((padded[1], padded[0], 3), 255, dtype=np.uint8)
         async for _, packed in timeline.frames(plan.after, plan.seqs):
-            pixels = crop_scale(unpack(packed, timeline.geometry), plan.region, plan.scale)
             if pix_fmt == "pal8":  # GIF: the board's own 16 colours, exactly
+                pixels = crop_scale(unpack(packed, timeline.geometry), plan.region, plan.scale)
                 image = (np.ascontiguousarray(pixels), _ARGB)
                 # PyAV's stubs lack the (image, palette) pair that pal8 takes.
                 frame = av.VideoFrame.from_ndarray(image, "pal8")  # type: ignore[arg-type]
             else:
-                canvas[:height, :width] = PALETTE_RGB[pixels]
+                rgb = packed_rgb(packed, timeline.geometry)
+                canvas[:height, :width] = crop_scale(rgb, plan.region, plan.scale)
                 frame = av.VideoFrame.from_ndarray(canvas, format="rgb24")
             frame.pts = written
             for packet in stream.encode(frame):

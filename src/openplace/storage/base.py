@@ -78,6 +78,10 @@ class Archive(Protocol):
         """Seq and time of the newest durable placement (``(0, None)`` if none)."""
         ...
 
+    async def keyframe_seqs(self) -> list[int]:
+        """The seqs of all keyframes, in order."""
+        ...
+
     async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
         """The newest keyframe at or before ``seq``: ``(its seq, packed board)``, or
         ``None`` if there is none (start from the empty board at seq 0)."""
