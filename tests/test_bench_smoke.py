@@ -30,7 +30,8 @@ def test_benchmark_smoke_run_prints_every_figure_and_writes_the_report(tmp_path:
     for figure in ("placements/s through HTTP", "ack→arrival p99", "RSS per idle connection",
                    "GET /api/board through nginx", "placement script straight on Redis",
                    "restore Redis from persister memory", "restart until serving",
-                   "catch-up of"):  # fmt: skip
+                   "catch-up of", "GET /api/board?seq=N p99", "keyframes on disk per 1M",
+                   "timelapse frames/s"):  # fmt: skip
         assert figure in run.stdout, figure
     assert "reproduce: python -m bench --smoke" in run.stdout
     report = out.read_text()
