@@ -398,7 +398,8 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
             say(f"restore: wrote {done:,} / {n:,} placements to PostgreSQL")
         if history.snapshot_at:
             await conn.execute(
-                "INSERT INTO snapshots VALUES ($1, $2)", history.snapshot_at, history.snapshot
+                "INSERT INTO snapshots (seq, board) VALUES ($1, $2)",
+                history.snapshot_at, history.snapshot,
             )
         await conn.close()
         return url
@@ -447,7 +448,8 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
         db.commit()
         say(f"restart: wrote {done:,} / {n:,} placements to SQLite")
     if history.snapshot_at:
-        db.execute("INSERT INTO snapshots VALUES (?, ?)", (history.snapshot_at, history.snapshot))
+        db.execute("INSERT INTO snapshots (seq, board) VALUES (?, ?)",
+                   (history.snapshot_at, history.snapshot))
         db.commit()
     db.close()
     t0 = time.perf_counter()
