@@ -85,3 +85,10 @@ async def test_timelapse_frames_and_last_frame(make_backend: MakeBackend, tmp_pa
     assert len(frames) == 8 and frames[-1].shape == (H * 4, W * 4, 3)
     want = rgb_of(replay_to(placed, 50)).repeat(4, axis=0).repeat(4, axis=1)
     assert np.abs(frames[-1].astype(int) - want).mean() < 6  # H.264 is lossy, not by much
+
+    webm = tmp_path / "t.webm"
+    cli(env, "timelapse", "--out", str(webm), "--fps", "5", "--duration", "1", "--scale", "2")
+    with av.open(str(webm)) as video:
+        assert video.streams.video[0].codec_context.name in ("vp9", "libvpx-vp9")
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    assert len(frames) == 5 and frames[-1].shape == (H * 2, W * 2, 3)

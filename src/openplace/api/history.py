@@ -32,13 +32,14 @@ from openplace.state import state_of
 T = TypeVar("T")
 IMMUTABLE = "public, max-age=31536000, immutable"
 PIXEL_HISTORY_MAX = 1000
+# Longer than a store read's: a heatmap of a long history reads millions of log rows.
+READ_TIMEOUT_SECONDS = 30.0
 
 
 async def read_history(request: Request, reading: Awaitable[T]) -> T:
     """A history read: 404 for a moment not (yet) in it, 503 while it cannot be read."""
     try:
-        timeout = state_of(request).settings.store_read_timeout_seconds * 6
-        return await asyncio.wait_for(reading, timeout)
+        return await asyncio.wait_for(reading, READ_TIMEOUT_SECONDS)
     except HistoryError as exc:
         raise APIError(404, "not_found", str(exc)) from exc
     except (StoreUnavailable, TimeoutError, OSError) as exc:

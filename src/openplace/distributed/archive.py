@@ -4,12 +4,26 @@ yet, and may still be lost with Redis."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncpg
 import numpy as np
 
 from openplace.core.board import Geometry
-from openplace.core.placement import PixelInfo
+from openplace.core.placement import PixelInfo, StoreUnavailable
 from openplace.core.timeline import LogSlice, decode_keyframe
+
+_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+@contextlib.asynccontextmanager
+async def _outage() -> AsyncIterator[None]:
+    """PostgreSQL down or restarting: :class:`StoreUnavailable` (a 503), not a 500."""
+    try:
+        yield
+    except _PG_ERRORS as exc:
+        raise StoreUnavailable(f"the history cannot be read: {exc}") from exc
 
 
 class PostgresArchive:
@@ -50,60 +64,68 @@ class PostgresArchive:
         return self._pool
 
     async def committed(self) -> tuple[int, float | None]:
-        row = await self.pool.fetchrow(
-            "SELECT seq, extract(epoch FROM ts)::float8 AS t FROM placements "
-            "ORDER BY seq DESC LIMIT 1"
-        )
-        return (0, None) if row is None else (int(row["seq"]), float(row["t"]))
+        async with _outage():
+            row = await self.pool.fetchrow(
+                "SELECT seq, extract(epoch FROM ts)::float8 AS t FROM placements "
+                "ORDER BY seq DESC LIMIT 1"
+            )
+            return (0, None) if row is None else (int(row["seq"]), float(row["t"]))
 
     async def keyframe_seqs(self) -> list[int]:
-        return [int(r[0]) for r in await self.pool.fetch("SELECT seq FROM snapshots ORDER BY seq")]
+        async with _outage():
+            return [
+                int(r[0]) for r in await self.pool.fetch("SELECT seq FROM snapshots ORDER BY seq")
+            ]
 
     async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
-        row = await self.pool.fetchrow(
-            "SELECT seq, board, codec FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
-            seq,
-        )
-        if row is None:
-            return None
-        return int(row["seq"]), decode_keyframe(row["board"], row["codec"])
+        async with _outage():
+            row = await self.pool.fetchrow(
+                "SELECT seq, board, codec FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+                seq,
+            )
+            if row is None:
+                return None
+            return int(row["seq"]), decode_keyframe(row["board"], row["codec"])
 
     async def log(self, after: int, upto: int, *, times: bool = False) -> LogSlice:
-        # Arrays, not rows: one value to decode per column instead of a record per row.
-        row = await self.pool.fetchrow(
-            "SELECT array_agg(idx ORDER BY seq) AS i, array_agg(color ORDER BY seq) AS c, "
-            "array_agg(extract(epoch FROM ts)::float8 ORDER BY seq) FILTER (WHERE $3) AS t "
-            "FROM placements WHERE seq > $1 AND seq <= $2",
-            after, upto, times,
-        )  # fmt: skip
-        if row is None or row["i"] is None:
-            return LogSlice.of(after, [], [], [] if times else None)
-        ts = np.array(row["t"], dtype=np.float64) if times else None
-        return LogSlice.of(after, row["i"], row["c"], ts)
+        async with _outage():
+            # Arrays, not rows: one value to decode per column instead of a record per row.
+            row = await self.pool.fetchrow(
+                "SELECT array_agg(idx ORDER BY seq) AS i, array_agg(color ORDER BY seq) AS c, "
+                "array_agg(extract(epoch FROM ts)::float8 ORDER BY seq) FILTER (WHERE $3) AS t "
+                "FROM placements WHERE seq > $1 AND seq <= $2",
+                after, upto, times,
+            )  # fmt: skip
+            if row is None or row["i"] is None:
+                return LogSlice.of(after, [], [], [] if times else None)
+            ts = np.array(row["t"], dtype=np.float64) if times else None
+            return LogSlice.of(after, row["i"], row["c"], ts)
 
     async def seq_at(self, ts: float) -> int:
-        # Times grow with seqs: binary search on the primary key (no index on ts to keep
-        # up on every commit), some 25 lookups on one connection for 10 million rows.
-        async with self.pool.acquire() as conn:
-            lo, hi = 0, int(await conn.fetchval("SELECT max(seq) FROM placements") or 0)
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                t = await conn.fetchval(
-                    "SELECT extract(epoch FROM ts)::float8 FROM placements WHERE seq = $1", mid
-                )
-                if t is not None and float(t) <= ts:
-                    lo = mid
-                else:
-                    hi = mid - 1
-        return lo
+        async with _outage():
+            # Times grow with seqs: binary search on the primary key (no index on ts to keep
+            # up on every commit), some 25 lookups on one connection for 10 million rows.
+            async with self.pool.acquire() as conn:
+                lo, hi = 0, int(await conn.fetchval("SELECT max(seq) FROM placements") or 0)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    t = await conn.fetchval(
+                        "SELECT extract(epoch FROM ts)::float8 FROM placements WHERE seq = $1", mid
+                    )
+                    if t is not None and float(t) <= ts:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+            return lo
 
     async def pixel_history(self, index: int, limit: int) -> list[PixelInfo]:
-        rows = await self.pool.fetch(
-            "SELECT seq, color, user_id, extract(epoch FROM ts)::float8 AS t FROM placements "
-            "WHERE idx = $1 ORDER BY seq DESC LIMIT $2",
-            index, limit,
-        )  # fmt: skip
-        return [
-            PixelInfo(index, int(r["color"]), str(r["user_id"]), float(r["t"]), int(r["seq"]))
-            for r in rows
-        ]
+        async with _outage():
+            rows = await self.pool.fetch(
+                "SELECT seq, color, user_id, extract(epoch FROM ts)::float8 AS t FROM placements "
+                "WHERE idx = $1 ORDER BY seq DESC LIMIT $2",
+                index, limit,
+            )  # fmt: skip
+            return [
+                PixelInfo(index, int(r["color"]), str(r["user_id"]), float(r["t"]), int(r["seq"]))
+                for r in rows
+            ]

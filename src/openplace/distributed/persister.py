@@ -65,7 +65,7 @@ class Persister:
         cooldown: float,
         *,
         batch: int = 10_000,
-        snapshot_every: int = 100_000,
+        snapshot_every: int = 25_000,
         stream_keep: int = 200_000,
         restore_history: int = 10_000,
     ) -> None:

@@ -102,7 +102,7 @@ class EmbeddedStore:
         geometry: Geometry,
         cooldown: float,
         *,
-        snapshot_every: int = 100_000,
+        snapshot_every: int = 25_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
