@@ -384,6 +384,9 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
     from openplace.distributed.schema import migrate, set_meta
 
     history = SynthHistory.make(n)
+    # Keyframes as the persister keeps them, the newest a whole interval back: the
+    # longest log tail a cold start reads.
+    keyframes = [k for k in history_keyframes(history) if k[0] <= n - KEYFRAME_EVERY]
 
     async def fill() -> str:
         url = await postgres.new_database()
@@ -396,11 +399,9 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
                 "placements", records=rows, columns=["seq", "idx", "color", "user_id", "ts"]
             )
             say(f"restore: wrote {done:,} / {n:,} placements to PostgreSQL")
-        if history.snapshot_at:
-            await conn.execute(
-                "INSERT INTO snapshots (seq, board) VALUES ($1, $2)",
-                history.snapshot_at, history.snapshot,
-            )
+        await conn.executemany(
+            "INSERT INTO snapshots (seq, board, codec) VALUES ($1, $2, 'zlib')", keyframes
+        )
         await conn.close()
         return url
 
@@ -423,7 +424,7 @@ def restore_distributed(postgres: PostgresServer, n: int, say: Say) -> dict[str,
             "restore_s": took,
             "cold_total_s": t2 - t0,
             "board_matches": same,
-            "tail": n - history.snapshot_at,
+            "tail": n - max([0, *(k[0] for k in keyframes)]),
         }
 
     try:
@@ -447,17 +448,18 @@ def restart_embedded(n: int, say: Say) -> dict[str, Any]:
         db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
         db.commit()
         say(f"restart: wrote {done:,} / {n:,} placements to SQLite")
-    if history.snapshot_at:
-        db.execute("INSERT INTO snapshots (seq, board) VALUES (?, ?)",
-                   (history.snapshot_at, history.snapshot))
-        db.commit()
+    # Keyframes as the store keeps them, the newest a whole interval back: the longest
+    # log tail a restart reads.
+    keyframes = [k for k in history_keyframes(history) if k[0] <= n - KEYFRAME_EVERY]
+    db.executemany("INSERT INTO snapshots (seq, board, codec) VALUES (?, ?, 'zlib')", keyframes)
+    db.commit()
     db.close()
     t0 = time.perf_counter()
     server = Embedded(data_dir=data_dir).start()
     took = time.perf_counter() - t0
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
-    return {"restart_s": took, "tail": n - history.snapshot_at}
+    return {"restart_s": took, "tail": n - max([0, *(k[0] for k in keyframes)])}
 
 
 # -- catch-up -------------------------------------------------------------------------
