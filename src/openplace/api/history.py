@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
-from openplace.api.params import MAX_SEQ, MAX_SIZE, accepts_gzip, coordinate
+from openplace.api.params import MAX_SEQ, MAX_SIZE, accepts_gzip, coordinate, matches_etag
 from openplace.api.placing import iso
 from openplace.core.board import InvalidPixel
 from openplace.core.placement import StoreUnavailable
@@ -128,12 +128,7 @@ def _region_tag(region: Region, scale: int) -> str:
 
 
 def _not_modified(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
-    inm = request.headers.get("if-none-match", "")
-    if inm and (
-        inm.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in inm.split(",")}
-    ):
-        return Response(status_code=304, headers=headers)
-    return None
+    return Response(status_code=304, headers=headers) if matches_etag(request, etag) else None
 
 
 def _gzip_wanted(request: Request) -> bool:

@@ -23,6 +23,13 @@ def coordinate(request: Request, name: str) -> int:
     return int(digits or "0") if len(digits) <= 9 else 10**9  # 10**9: beyond any board
 
 
+def matches_etag(request: Request, etag: str) -> bool:
+    """Whether ``If-None-Match`` is ``*`` or lists ``etag`` (weak comparison): a 304."""
+    inm = request.headers.get("if-none-match", "")
+    tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+    return bool(inm) and (inm.strip() == "*" or etag in tags)
+
+
 def accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it)."""
     for part in header.lower().split(","):

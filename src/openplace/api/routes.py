@@ -28,7 +28,7 @@ from openplace.api.history import (
 )
 from openplace.api.json import JSONResponse
 from openplace.api.openapi import openapi_schema
-from openplace.api.params import accepts_gzip, coordinate
+from openplace.api.params import accepts_gzip, coordinate, matches_etag
 from openplace.api.placing import authorization_of, identify, iso, place_endpoint
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
@@ -114,10 +114,7 @@ async def board(request: Request) -> Response:
         "Cache-Control": f"public, max-age={s.board_max_age_seconds}, "
         f"stale-while-revalidate={5 * max(1, s.board_max_age_seconds)}",
     }
-    inm = request.headers.get("if-none-match", "")
-    if inm and (
-        inm.strip() == "*" or etag in {t.strip().removeprefix("W/") for t in inm.split(",")}
-    ):
+    if matches_etag(request, etag):
         return Response(status_code=304, headers=headers)
     if gz:
         headers["Content-Encoding"] = "gzip"
