@@ -12,7 +12,7 @@ import pytest
 
 from openplace.core.board import Board
 from openplace.core.placement import Placement
-from openplace.core.timeline import HistoryError, frame_seqs
+from openplace.core.timeline import HistoryError, LogSlice, frame_seqs
 from openplace.history.timeline import Timeline
 from tests.test_store_contract import GEOMETRY, H, MakeBackend, W, make_backend, replayed
 
@@ -118,3 +118,27 @@ async def test_a_history_from_before_keyframes_gets_them(make_backend: MakeBacke
         assert keyframe is not None and keyframe[0] == seq // 40 * 40
         assert keyframe[1] == replay_to(placed, keyframe[0])
         assert await timeline.board(seq) == replay_to(placed, seq)
+
+
+async def test_heat_maps_are_computed_one_at_a_time(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of heat-map requests reads the log one map at a time: it cannot take
+    every core from the placements."""
+    _, timeline = await fill(make_backend, 100, every=50)
+    reading = peak = 0
+    read = timeline.archive.log
+
+    async def counted(after: int, upto: int, *, times: bool = False) -> LogSlice:
+        nonlocal reading, peak
+        reading += 1
+        peak = max(peak, reading)
+        try:
+            await asyncio.sleep(0.01)
+            return await read(after, upto, times=times)
+        finally:
+            reading -= 1
+
+    monkeypatch.setattr(timeline.archive, "log", counted)
+    maps = await asyncio.gather(*(timeline.heat(0, 100) for _ in range(4)))
+    assert peak == 1 and all(int(m.sum()) == 100 for m in maps)

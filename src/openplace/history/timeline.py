@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -19,13 +20,16 @@ CHUNK = 200_000
 
 class Timeline:
     """Past boards, ranges and frames of one archive. Past boards never change, so the
-    newest ``cache_size`` built are kept."""
+    newest ``cache_size`` built are kept. Heat maps read the whole range's log: at most
+    ``heat_at_once`` are computed at a time (more wait), so a burst of them cannot take
+    every core from the placements."""
 
-    def __init__(self, archive: Archive, cache_size: int = 8) -> None:
+    def __init__(self, archive: Archive, cache_size: int = 8, heat_at_once: int = 1) -> None:
         self.archive = archive
         self.geometry = archive.geometry
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_size = cache_size
+        self._heat_slots = asyncio.Semaphore(heat_at_once)
 
     async def head(self) -> int:
         """The newest seq of the history (committed)."""
@@ -65,13 +69,15 @@ class Timeline:
 
     async def heat(self, after: int, upto: int) -> npt.NDArray[np.int64]:
         """Placements per pixel in ``after+1 .. upto``, shape ``(height, width)``."""
-        total = np.zeros((self.geometry.height, self.geometry.width), dtype=np.int64)
-        start = after
-        while start < upto:
-            end = min(upto, start + CHUNK)
-            total += heat_counts((await self.log(start, end)).indexes, self.geometry)
-            start = end
-        return total
+        async with self._heat_slots:
+            total = np.zeros((self.geometry.height, self.geometry.width), dtype=np.int64)
+            start = after
+            while start < upto:
+                end = min(upto, start + CHUNK)
+                indexes = (await self.log(start, end)).indexes
+                total += await asyncio.to_thread(heat_counts, indexes, self.geometry)
+                start = end
+            return total
 
     async def frames(self, after: int, seqs: list[int]) -> AsyncIterator[tuple[int, bytes]]:
         """``(seq, packed board)`` after each of ``seqs`` (not decreasing, none before
