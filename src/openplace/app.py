@@ -30,6 +30,7 @@ from openplace.api.errors import (
 from openplace.api.placing import PlaceFastPath
 from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
+from openplace.auth.moderators import ModeratorSigner
 from openplace.auth.tokens import TokenSigner
 from openplace.config import Settings
 from openplace.history.timeline import Timeline
@@ -112,6 +113,8 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
             board_cache_=BoardCache(store, settings.board_refresh_seconds),
             session_limiter_=RateLimiter(settings.sessions_per_ip_per_minute, 60.0),
             timeline_=Timeline(services.archive) if services.archive is not None else None,
+            moderation_=services.moderation,
+            moderators_=ModeratorSigner(settings.resolve_secret()),
         )
     app.state.openplace = state  # set once; read through openplace.state.state_of()
     return app

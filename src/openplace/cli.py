@@ -80,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--realtime", type=int, default=2, help="realtime processes (default 2)")
     p.add_argument("--port", type=int, default=8000, help="nginx port (default 8000)")
     p.set_defaults(func=_distributed("cluster"))
-    from openplace.history.commands import add_arguments
+    from openplace.history import commands as history
+    from openplace.moderation import commands as moderation
 
-    add_arguments(sub)
+    history.add_arguments(sub)
+    moderation.add_arguments(sub)
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)
         logs.setup((args.log_level or settings.log_level).upper())
         return int(args.func(args, settings))
-    except ValueError as exc:  # configuration errors
+    except (ValueError, FileNotFoundError) as exc:  # configuration errors, no canvas yet
         print(f"openplace: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from openplace.config import Settings
-from openplace.storage.base import Archive, Feed, Store
+from openplace.storage.base import Archive, Feed, Moderation, Store
 
 if TYPE_CHECKING:
     from openplace.realtime.hub import Hub
@@ -31,6 +31,7 @@ class Services:
     store: Store | None = None  # the api role's
     feed: Feed | None = None  # the realtime role's
     archive: Archive | None = None  # the api role's: the history
+    moderation: Moderation | None = None  # the api role's: revocations, the audit log
     resources: list[Resource] = field(default_factory=list)  # opened in order, closed reversed
     # The mode's own periodic work for the realtime role's hub.
     background: Callable[[Hub], list[asyncio.Task[None]]] | None = None

@@ -20,11 +20,12 @@ if TYPE_CHECKING:  # named for type checking only: no import cycles, no backend 
 
     from openplace.api.board_cache import BoardCache
     from openplace.api.ratelimit import RateLimiter
+    from openplace.auth.moderators import ModeratorSigner
     from openplace.auth.tokens import TokenSigner
     from openplace.config import Settings
     from openplace.history.timeline import Timeline
     from openplace.realtime.hub import Hub
-    from openplace.storage.base import Store
+    from openplace.storage.base import Moderation, Store
 
 __all__ = ["AppState", "MissingRole", "state_of"]
 
@@ -48,6 +49,8 @@ class AppState:
     board_cache_: BoardCache | None = None  # api
     session_limiter_: RateLimiter | None = None  # api
     timeline_: Timeline | None = None  # api
+    moderation_: Moderation | None = None  # api
+    moderators_: ModeratorSigner | None = None  # api
     hub_: Hub | None = None  # realtime
 
     @property
@@ -79,6 +82,18 @@ class AppState:
         if self.timeline_ is None:
             raise MissingRole("timeline", "api")
         return self.timeline_
+
+    @property
+    def moderation(self) -> Moderation:
+        if self.moderation_ is None:
+            raise MissingRole("moderation", "api")
+        return self.moderation_
+
+    @property
+    def moderators(self) -> ModeratorSigner:
+        if self.moderators_ is None:
+            raise MissingRole("moderator signer", "api")
+        return self.moderators_
 
     @property
     def hub(self) -> Hub:

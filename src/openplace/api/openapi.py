@@ -51,6 +51,8 @@ _SEQ = _query("seq", _SEQ_SCHEMA, "the board right after this placement")
 _AT = _query("at", {"type": "string", "format": "date-time"}, "the board at this time")
 _FROM = _query("from", _SEQ_SCHEMA, "first seq (default 1)")
 _TO = _query("to", _SEQ_SCHEMA, "last seq (default: the newest; below from: none)")
+_BEFORE = _query("before", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}, "ids below")
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "default 50")
 _PNG = {
     "description": "A PNG",
     "headers": {"X-Seq": {"required": True, "schema": {"type": "integer"}}},
@@ -312,6 +314,34 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     ),
                 }
             },
+            "/api/admin/me": {
+                "get": {
+                    "operationId": "getModerator",
+                    "summary": "The moderator a moderator token names (openplace admin token)",
+                    "security": _AUTH,
+                    "responses": _responses(
+                        _200=_json("Moderator", "OK"),
+                        _401=_error("No moderator token, or a bad, expired or revoked one"),
+                        _403=_error("A user's token"),
+                        _503=unavailable,
+                    ),
+                }
+            },
+            "/api/admin/audit": {
+                "get": {
+                    "operationId": "getAudit",
+                    "summary": "Admin actions, newest first; page with before=next_before",
+                    "security": _AUTH,
+                    "parameters": [_BEFORE, _LIMIT],
+                    "responses": _responses(
+                        _200=_json("Audit", "OK"),
+                        _400=_error("Bad before or limit"),
+                        _401=_error("No moderator token, or a bad, expired or revoked one"),
+                        _403=_error("A user's token"),
+                        _503=unavailable,
+                    ),
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "getHealth",
@@ -392,6 +422,31 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                 }
                             ),
                         },
+                    }
+                ),
+                "Moderator": _object(
+                    {
+                        "name": {"type": "string"},
+                        "issued_at": {"type": "string", "format": "date-time"},
+                        "expires_at": _TS,
+                    }
+                ),
+                "Audit": _object(
+                    {
+                        "entries": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "id": {"type": "integer", "minimum": 1},
+                                    "at": {"type": "string", "format": "date-time"},
+                                    "actor": {"type": "string"},
+                                    "action": {"type": "string"},
+                                    "args": {"type": "object"},
+                                    "effect": {"type": "object"},
+                                }
+                            ),
+                        },
+                        "next_before": {"type": "integer", "minimum": 1, "nullable": True},
                     }
                 ),
                 "Health": _object(

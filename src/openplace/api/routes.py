@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
 from starlette.types import Receive, Scope, Send
 
+from openplace.api.admin import ADMIN_ROUTES
 from openplace.api.errors import APIError
 from openplace.api.history import (
     board_png_endpoint,
@@ -190,6 +191,7 @@ API_ROUTES = [
     Route("/heatmap.png", heatmap_endpoint, methods=["GET"]),
     Route("/pixel", PixelEndpoint(), methods=["GET", "HEAD", "POST"]),
     Route("/pixel/history", pixel_history, methods=["GET"]),
+    Mount("/admin", routes=ADMIN_ROUTES),
     Route("/me", me, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -42,6 +42,14 @@ def canonical_base64(part: str) -> bool:
         return False
 
 
+def canonical_token(token: str) -> bool:
+    """``token`` has the shape of a signed token, each part in its one spelling."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return False
+    shape = _SHAPE.fullmatch(token)
+    return shape is not None and all(canonical_base64(part) for part in shape.groups())
+
+
 class TokenSigner:
     """Issues and verifies bearer tokens. The secret is never logged."""
 
@@ -64,8 +72,7 @@ class TokenSigner:
         return self._verified(token)
 
     def _verify(self, token: str) -> Identity:
-        shape = _SHAPE.fullmatch(token)
-        if shape is None or not all(canonical_base64(part) for part in shape.groups()):
+        if not canonical_token(token):
             raise InvalidToken("invalid token")
         try:
             data = self._s.loads(token)

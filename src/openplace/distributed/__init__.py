@@ -6,6 +6,7 @@ stateless processes behind nginx. The only package that talks to Redis or Postgr
 - :mod:`.schema` - PostgreSQL migrations and metadata.
 - :mod:`.store` - :class:`DistributedStore`, an API process's store.
 - :mod:`.archive` - :class:`PostgresArchive`, the history in PostgreSQL.
+- :mod:`.moderation` - :class:`PostgresModeration`, revocations and the audit log.
 - :mod:`.feed` - :class:`RedisFeed`, committed runs as one process sees them.
 - :mod:`.persister` - the one process that makes placements durable and restores Redis.
 - :mod:`.websocket_server`, :mod:`.fanout` - the lean websocket server of a realtime
@@ -30,6 +31,7 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
     from openplace.core.board import Geometry
     from openplace.distributed.archive import PostgresArchive
     from openplace.distributed.feed import RedisFeed
+    from openplace.distributed.moderation import PostgresModeration
     from openplace.distributed.online import report_online
     from openplace.distributed.store import DistributedStore
 
@@ -44,7 +46,8 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
         services.archive = PostgresArchive(
             Geometry(settings.width, settings.height), database_url=database_url
         )
-        services.resources += [store, services.archive]
+        services.moderation = PostgresModeration(database_url)
+        services.resources += [store, services.archive, services.moderation]
     if "realtime" in roles:
         if services.store is not None:
             feed = store.feed

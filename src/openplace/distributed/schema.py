@@ -38,6 +38,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE snapshots ADD COLUMN codec TEXT NOT NULL DEFAULT 'raw';
     CREATE INDEX placements_by_pixel ON placements (idx, seq);
     """,
+    # 4: moderation: revoked moderators and the audit log (distributed/moderation.py).
+    """
+    CREATE TABLE moderator_revocations (
+        name TEXT PRIMARY KEY,
+        revoked_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        args JSONB NOT NULL,
+        effect JSONB NOT NULL
+    );
+    """,
 ]
 
 # Serialises migrations between processes starting at once.

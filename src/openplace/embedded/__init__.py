@@ -2,6 +2,7 @@
 
 - :mod:`.store` - :class:`~.store.EmbeddedStore`, the store and the feed in one object.
 - :mod:`.archive` - :class:`~.archive.SqliteArchive`, the history in the same file.
+- :mod:`.moderation` - :class:`~.moderation.SqliteModeration`, revocations and the audit log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.embedded.archive import SqliteArchive
+from openplace.embedded.moderation import SqliteModeration
 from openplace.embedded.store import EmbeddedStore
 from openplace.services import Services
 
@@ -23,7 +25,9 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
         path, geometry, settings.cooldown_seconds, snapshot_every=settings.snapshot_every
     )
     archive = SqliteArchive(path, geometry)
-    return Services(store=store, feed=store, archive=archive, resources=[store, archive])
+    moderation = SqliteModeration(path, create=True)
+    return Services(store=store, feed=store, archive=archive, moderation=moderation,
+                    resources=[store, archive, moderation])  # fmt: skip
 
 
 def database_path(settings: Settings) -> Path:

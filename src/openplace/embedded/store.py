@@ -69,6 +69,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE snapshots ADD COLUMN codec TEXT NOT NULL DEFAULT 'raw';
     """,
+    # 3: moderation: revoked moderators and the audit log (embedded/moderation.py).
+    """
+    CREATE TABLE IF NOT EXISTS moderator_revocations (
+        name TEXT PRIMARY KEY,
+        revoked_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        args TEXT NOT NULL,
+        effect TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from openplace.core.audit import AuditEntry
 from openplace.core.board import Geometry
 from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, UserState
 from openplace.core.timeline import LogSlice
@@ -97,4 +98,28 @@ class Archive(Protocol):
 
     async def pixel_history(self, index: int, limit: int) -> list[PixelInfo]:
         """The newest ``limit`` placements on pixel ``index``, newest first."""
+        ...
+
+
+class Moderation(Protocol):
+    """What moderation keeps durably: revoked moderators and the audit log. Read on
+    every admin request, by every process (no cache: admin requests are few)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def revoked_at(self, name: str) -> float | None:
+        """When moderator ``name``'s tokens were last revoked (``None``: never)."""
+        ...
+
+    async def revoke(self, name: str, at: float) -> None:
+        """Refuse every token of ``name`` issued at or before ``at``."""
+        ...
+
+    async def record(self, entry: AuditEntry) -> int:
+        """Store an admin action; returns its id."""
+        ...
+
+    async def audit(self, before: int | None, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` entries with an id below ``before``, newest first."""
         ...
