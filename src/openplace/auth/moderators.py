@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import URLSafeSerializer
 
 from openplace import logs
-from openplace.auth.tokens import InvalidToken, canonical_token
+from openplace.auth.tokens import InvalidToken, loads_signed
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -51,12 +51,7 @@ class ModeratorSigner:
     def verify(self, token: str, now: float) -> Moderator:
         """The moderator a token names, or :class:`InvalidToken` (forged, malformed or
         expired; revocation is the caller's check, against the store)."""
-        if not canonical_token(token):
-            raise InvalidToken("invalid token")
-        try:
-            data = self._s.loads(token)
-        except BadSignature:
-            raise InvalidToken("invalid token") from None
+        data = loads_signed(self._s, token)
         if not (
             isinstance(data, dict)
             and isinstance(data.get("m"), str)

@@ -13,6 +13,7 @@ import functools
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from itsdangerous import BadData, BadSignature, URLSafeSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
@@ -50,6 +51,18 @@ def canonical_token(token: str) -> bool:
     return shape is not None and all(canonical_base64(part) for part in shape.groups())
 
 
+def loads_signed(serializer: URLSafeSerializer, token: str) -> Any:
+    """What ``token`` carries, if it is in its one spelling and signed by ``serializer``;
+    else :class:`InvalidToken`."""
+    if not canonical_token(token):
+        raise InvalidToken("invalid token")
+    try:
+        return serializer.loads(token)
+    except BadSignature:
+        # Not chained: itsdangerous's message quotes the signature.
+        raise InvalidToken("invalid token") from None
+
+
 class TokenSigner:
     """Issues and verifies bearer tokens. The secret is never logged."""
 
@@ -72,13 +85,7 @@ class TokenSigner:
         return self._verified(token)
 
     def _verify(self, token: str) -> Identity:
-        if not canonical_token(token):
-            raise InvalidToken("invalid token")
-        try:
-            data = self._s.loads(token)
-        except BadSignature:
-            # Not chained: itsdangerous's message quotes the signature.
-            raise InvalidToken("invalid token") from None
+        data = loads_signed(self._s, token)
         if not isinstance(data, dict) or not isinstance(data.get("u"), str):
             raise InvalidToken("invalid token")
         return Identity(data["u"], str(data.get("r", "user")))

@@ -7,20 +7,15 @@ placements never wait for a history query, and the CLI (``openplace export``,
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from openplace.core.board import Geometry
 from openplace.core.placement import PixelInfo
 from openplace.core.timeline import LogSlice, decode_keyframe
-
-T = TypeVar("T")
+from openplace.embedded.sqlite_thread import SqliteThread
 
 
 class SqliteArchive:
@@ -29,32 +24,22 @@ class SqliteArchive:
     def __init__(self, path: Path, geometry: Geometry) -> None:
         self.path = path
         self.geometry = geometry
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="openplace-archive")
-        self._db: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread("archive", self._connect)
+        self._run = self._sqlite.run
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no canvas at {self.path}")
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     async def open(self) -> None:
         await self._run(lambda db: None)
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown()
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            if self._db is None:
-                if not self.path.exists():
-                    raise FileNotFoundError(f"no canvas at {self.path}")
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-                self._db.execute("PRAGMA busy_timeout=5000")
-            return work(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+        await self._sqlite.close()
 
     async def committed(self) -> tuple[int, float | None]:
         row = await self._run(

@@ -4,19 +4,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import orjson
 
 from openplace.core.audit import AuditEntry
+from openplace.embedded.sqlite_thread import SqliteThread
 from openplace.embedded.store import migrate
-
-T = TypeVar("T")
 
 
 class SqliteModeration:
@@ -25,38 +20,27 @@ class SqliteModeration:
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
         self.create = create  # False: the canvas must exist (the CLI)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="openplace-moderation")
-        self._db: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread("moderation", self._connect)
+        self._run = self._sqlite.run
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.create and not self.path.exists():
+            raise FileNotFoundError(
+                f"no canvas at {self.path} (start `openplace serve` once first)"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate(db)
+        return db
 
     async def open(self) -> None:
         await self._run(lambda db: None)
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, close)
-        self._thread.shutdown()
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            if self._db is None:
-                if not self.create and not self.path.exists():
-                    raise FileNotFoundError(
-                        f"no canvas at {self.path} (start `openplace serve` once first)"
-                    )
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA busy_timeout=5000")
-                migrate(db)
-                self._db = db
-            return work(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+        await self._sqlite.close()
 
     async def revoked_at(self, name: str) -> float | None:
         row = await self._run(
