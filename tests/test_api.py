@@ -334,3 +334,14 @@ def test_every_setting_has_a_typed_parser() -> None:
 
     for name, hint in get_type_hints(Settings).items():
         assert hint in PARSERS, f"Settings.{name}: no parser for {hint}"
+
+
+async def test_the_page_is_revalidated_and_its_files_kept_five_minutes(
+    client: httpx.AsyncClient,
+) -> None:
+    """As the bundled nginx serves them: a new version's page arrives at once."""
+    for path in ("/", "/index.html"):
+        assert (await client.get(path)).headers["cache-control"] == "no-cache"
+    for path in ("/app.js", "/history.js", "/style.css", "/favicon.svg"):
+        r = await client.get(path)
+        assert r.status_code == 200 and r.headers["cache-control"] == "public, max-age=300"

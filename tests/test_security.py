@@ -167,6 +167,8 @@ async def test_nginx_sends_the_same_headers_once(nginx: NginxFront, server: Live
     for r in [*answers, missing, *proxied]:
         assert_security_headers(r)
     assert answers[0].content == (REPO / "src/openplace/web/static/index.html").read_bytes()
+    assert answers[0].headers["cache-control"] == "no-cache"  # as the app serves it
+    assert answers[2].headers["cache-control"] == "max-age=300"  # app.js
 
 
 # -- tokens: one spelling each --------------------------------------------------------------

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 
 from openplace.api.board_cache import BoardCache
 from openplace.api.errors import (
@@ -39,6 +38,7 @@ from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 from openplace.services import ALL_ROLES, Build
 from openplace.state import AppState
+from openplace.web.files import PageFiles
 from openplace.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -67,7 +67,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
         hub = build_hub(settings, services.feed)
         routes.append(WebSocketRoute("/ws", websocket_endpoint))
     if "web" in roles:
-        routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"))
+        routes.append(Mount("/", PageFiles(directory=STATIC_DIR, html=True), name="web"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
