@@ -107,14 +107,15 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
     state = AppState(settings=settings, roles=frozenset(roles), store_=store, hub_=hub)
     if "api" in roles:
         assert store is not None, "the api role needs a store"
+        secret = settings.resolve_secret()
         state = dataclasses.replace(
             state,
-            signer_=TokenSigner(settings.resolve_secret()),
+            signer_=TokenSigner(secret),
             board_cache_=BoardCache(store, settings.board_refresh_seconds),
             session_limiter_=RateLimiter(settings.sessions_per_ip_per_minute, 60.0),
             timeline_=Timeline(services.archive) if services.archive is not None else None,
             moderation_=services.moderation,
-            moderators_=ModeratorSigner(settings.resolve_secret()),
+            moderators_=ModeratorSigner(secret),
         )
     app.state.openplace = state  # set once; read through openplace.state.state_of()
     return app

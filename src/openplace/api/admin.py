@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
-from openplace.api.placing import authorization_of, iso
+from openplace.api.params import MAX_SEQ, query_number
+from openplace.api.placing import authorization_of, bearer_token, iso
 from openplace.auth.moderators import Moderator
 from openplace.auth.tokens import InvalidToken
 from openplace.core.audit import AuditEntry
@@ -35,9 +36,8 @@ def _unauthorized(message: str) -> APIError:
 async def moderator_of(request: Request) -> Moderator:
     """The moderator making this request, or a 401/403."""
     state = state_of(request)
-    scheme, _, token = authorization_of(request.headers.raw).partition(" ")
-    token = token.strip(" \t")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(authorization_of(request.headers.raw))
+    if not token:
         raise _unauthorized(_NO_TOKEN)
     try:
         moderator = state.moderators.verify(token, time.time())
@@ -77,15 +77,9 @@ async def whoami(request: Request) -> Response:
     )
 
 
-def _page_number(request: Request, name: str, default: int | None, top: int) -> int | None:
-    values = request.query_params.getlist(name)
-    if not values:
-        return default
-    value = values[0]
-    if len(values) > 1 or not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise APIError(400, "bad_request", f"{name} must be a decimal integer, given once")
-    number = int(value)
-    if not 1 <= number <= top:
+def _page_number(request: Request, name: str, top: int) -> int | None:
+    number = query_number(request, name, maximum=top)
+    if number == 0:
         raise APIError(400, "bad_request", f"{name} must be within 1..{top}")
     return number
 
@@ -94,8 +88,8 @@ async def audit(request: Request) -> Response:
     """``GET /api/admin/audit?before=&limit=``: admin actions, newest first, paged by
     ``next_before``."""
     await moderator_of(request)
-    before = _page_number(request, "before", None, 2**53 - 1)
-    limit = _page_number(request, "limit", 50, AUDIT_PAGE_MAX) or 50
+    before = _page_number(request, "before", MAX_SEQ)
+    limit = _page_number(request, "limit", AUDIT_PAGE_MAX) or 50
     entries = await state_of(request).moderation.audit(before, limit)
     return JSONResponse(
         {

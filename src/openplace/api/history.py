@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import Awaitable
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -20,11 +19,18 @@ from starlette.responses import Response
 
 from openplace.api.errors import APIError
 from openplace.api.json import JSONResponse
-from openplace.api.params import MAX_SEQ, MAX_SIZE, accepts_gzip, coordinate, matches_etag
+from openplace.api.params import (
+    MAX_SIZE,
+    accepts_gzip,
+    coordinate,
+    matches_etag,
+    query_number,
+    query_value,
+)
 from openplace.api.placing import iso
 from openplace.core.board import InvalidPixel
 from openplace.core.placement import StoreUnavailable
-from openplace.core.timeline import HistoryError, Region, encode_history
+from openplace.core.timeline import HistoryError, Region, encode_history, parse_time
 from openplace.history.images import MAX_SCALE, board_png, heatmap_png
 from openplace.history.timeline import Timeline
 from openplace.state import state_of
@@ -49,47 +55,21 @@ async def read_history(request: Request, reading: Awaitable[T]) -> T:
         ) from exc  # fmt: skip
 
 
-def _one(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise APIError(400, "bad_request", f"query parameter {name} given more than once")
-    return values[0] if values else None
-
-
-def _number(
-    request: Request, name: str, code: str = "bad_request", maximum: int = MAX_SEQ
-) -> int | None:
-    value = _one(request, name)
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) > maximum:
-        raise APIError(400, code, f"{name} must be a decimal integer within 0..{maximum}")
-    return int(value)
-
-
-def parse_time(value: str) -> float:
-    """An ISO 8601 time (``Z`` or an offset; none means UTC) as unix seconds."""
-    try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise APIError(400, "bad_time", "at must be an ISO 8601 time, e.g. "
-                       "2026-11-26T06:50:17.396Z") from exc  # fmt: skip
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 async def moment(request: Request, timeline: Timeline) -> tuple[int, bool] | None:
     """The seq that ``?seq=`` or ``?at=`` names (both: the earlier of the two), and
     whether its answer is final (a time after the newest placement may still gain
     placements); ``None`` if neither."""
-    seq = _number(request, "seq", "bad_seq")
-    at = _one(request, "at")
+    seq = query_number(request, "seq", "bad_seq")
+    at = query_value(request, "at")
     if seq is not None:
         await read_history(request, timeline.check_seq(seq))
     if at is None:
         return None if seq is None else (seq, True)
-    ts = parse_time(at)
+    try:
+        ts = parse_time(at)
+    except ValueError as exc:
+        raise APIError(400, "bad_time", "at must be an ISO 8601 time, e.g. "
+                       "2026-11-26T06:50:17.396Z") from exc  # fmt: skip
     head, head_ts = await read_history(request, timeline.archive.committed())
     found = await read_history(request, timeline.seq_at(ts))
     final = head_ts is not None and ts < head_ts and found < head
@@ -102,7 +82,7 @@ def region_and_scale(request: Request, timeline: Timeline) -> tuple[Region, int]
     """The region ``x, y, w, h`` (``x``, ``y`` default 0, ``w``, ``h`` to the board's
     edge; cut at the edge) and ``scale`` (1..16)."""
     geometry = timeline.geometry
-    x, y, w, h = (_number(request, n, "bad_region", MAX_SIZE) for n in ("x", "y", "w", "h"))
+    x, y, w, h = (query_number(request, n, "bad_region", MAX_SIZE) for n in ("x", "y", "w", "h"))
     x, y = x or 0, y or 0
     if x >= geometry.width or y >= geometry.height:
         raise APIError(400, "bad_region", f"x, y must be on the {geometry.width}x"
@@ -112,7 +92,7 @@ def region_and_scale(request: Request, timeline: Timeline) -> tuple[Region, int]
     room_w, room_h = geometry.width - x, geometry.height - y
     region = Region(x, y, room_w if w is None else min(w, room_w),
                     room_h if h is None else min(h, room_h))  # fmt: skip
-    scale = _number(request, "scale", "bad_scale")
+    scale = query_number(request, "scale", "bad_scale")
     if scale is None:
         scale = 1
     if not 1 <= scale <= MAX_SCALE:
@@ -191,8 +171,8 @@ async def _range(request: Request, timeline: Timeline) -> tuple[int, int, bool]:
     """``from``/``to`` (seqs, inclusive; default the whole history; ``to`` below
     ``from``: none) as ``after, upto`` clipped to the history, and whether the range
     is final."""
-    first = _number(request, "from", "bad_range")
-    last = _number(request, "to", "bad_range")
+    first = query_number(request, "from", "bad_range")
+    last = query_number(request, "to", "bad_range")
     head, _ = await read_history(request, timeline.archive.committed())
     first = 1 if first is None else max(first, 1)
     final = last is not None and last <= head
@@ -250,7 +230,7 @@ async def pixel_history(request: Request) -> Response:
         index = timeline.geometry.index(x, y)
     except InvalidPixel as exc:
         raise APIError(400, "bad_coordinates", str(exc)) from exc
-    limit = _number(request, "limit", "bad_request")
+    limit = query_number(request, "limit", "bad_request")
     limit = 20 if limit is None else limit
     if not 1 <= limit <= PIXEL_HISTORY_MAX:
         raise APIError(400, "bad_request", f"limit must be within 1..{PIXEL_HISTORY_MAX}")

@@ -23,6 +23,27 @@ def coordinate(request: Request, name: str) -> int:
     return int(digits or "0") if len(digits) <= 9 else 10**9  # 10**9: beyond any board
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """Query parameter ``name``, if given (given twice: a 400)."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise APIError(400, "bad_request", f"query parameter {name} given more than once")
+    return values[0] if values else None
+
+
+def query_number(
+    request: Request, name: str, code: str = "bad_request", maximum: int = MAX_SEQ
+) -> int | None:
+    """Query parameter ``name`` as ASCII decimal digits within ``0..maximum``, if given;
+    else a 400 with ``code``."""
+    value = query_value(request, name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) > maximum:
+        raise APIError(400, code, f"{name} must be a decimal integer within 0..{maximum}")
+    return int(value)
+
+
 def matches_etag(request: Request, etag: str) -> bool:
     """Whether ``If-None-Match`` is ``*`` or lists ``etag`` (weak comparison): a 304."""
     inm = request.headers.get("if-none-match", "")

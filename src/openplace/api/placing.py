@@ -45,10 +45,18 @@ def authorization_of(headers: list[tuple[bytes, bytes]]) -> str:
     return "" if found is None else found.decode("latin-1")
 
 
-def identify(signer: TokenSigner, authorization: str) -> Identity:
-    """The user behind an ``Authorization: Bearer <token>`` header, or a 401."""
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (``None``: no token)."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
+        return None
+    return token.strip(" \t")  # HTTP's whitespace, not str.strip()'s
+
+
+def identify(signer: TokenSigner, authorization: str) -> Identity:
+    """The user behind an ``Authorization: Bearer <token>`` header, or a 401."""
+    token = bearer_token(authorization)
+    if token is None:
         raise APIError(
             401,
             "unauthorized",
@@ -56,7 +64,7 @@ def identify(signer: TokenSigner, authorization: str) -> Identity:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return signer.verify(token.strip(" \t"))  # HTTP's whitespace, not str.strip()'s
+        return signer.verify(token)
     except InvalidToken as exc:
         raise APIError(
             401,

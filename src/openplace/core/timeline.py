@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,15 @@ KEYFRAME_CODEC = CODEC_ZLIB
 
 class HistoryError(LookupError):
     """A point or range of the history that does not exist (yet)."""
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 time (``Z`` or an offset; none means UTC) as unix seconds, or
+    ``ValueError``."""
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 # -- keyframes -----------------------------------------------------------------------

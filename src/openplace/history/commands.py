@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from openplace.config import Settings
 from openplace.core.board import Geometry
-from openplace.core.timeline import Region, frame_seqs
+from openplace.core.timeline import Region, frame_seqs, parse_time
 from openplace.history.images import MAX_SCALE, board_png
 from openplace.history.timeline import Timeline
 from openplace.history.video import FORMATS, Plan, render
@@ -82,12 +81,10 @@ async def _seq_of(timeline: Timeline, text: str | None, default: int) -> int:
     if text.isdigit():
         return min(int(text), default)
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        ts = parse_time(text)
     except ValueError:
         raise ValueError(f"{text!r} is neither a seq nor an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return await timeline.seq_at(when.timestamp())
+    return await timeline.seq_at(ts)
 
 
 def export_png(args: argparse.Namespace, settings: Settings) -> int:
