@@ -75,6 +75,7 @@ def settings(tmp_path: Path) -> Settings:
         width=100,
         height=80,
         cooldown_seconds=300,
+        cooldown_by="user",  # many test users share 127.0.0.1 (test_abuse.py: "both")
         board_refresh_seconds=0,
         online_interval_seconds=0.05,
     )
@@ -173,6 +174,7 @@ def cluster_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
         "OPENPLACE_WIDTH": "100",
         "OPENPLACE_HEIGHT": "80",
         "OPENPLACE_COOLDOWN_SECONDS": "300",
+        "OPENPLACE_COOLDOWN_BY": "user",  # many test users share one address
         "OPENPLACE_BOARD_REFRESH_SECONDS": "0",
         "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
         **extra,

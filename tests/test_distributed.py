@@ -260,10 +260,10 @@ async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
     feed1._task.cancel()  # store 1's feed looks only when told to (refresh)
     try:
         for k in range(3):
-            await s2.place(f"early{k}", k, 1)
+            await s2.place(f"early{k}", k, 1, "127.0.0.1")
         stop.set()
         await running  # nothing more is committed
-        held = [asyncio.create_task(s1.place(f"held{k}", W + k, 5)) for k in range(5)]
+        held = [asyncio.create_task(s1.place(f"held{k}", W + k, 5, "127.0.0.1")) for k in range(5)]
         r = aioredis.from_url(redis_server.url)
         async with asyncio.timeout(10):
             while int(await r.get("op:seq") or 0) < 8:
@@ -277,7 +277,9 @@ async def test_a_feed_that_notices_a_restore_late_confirms_no_old_placement(
         async with asyncio.timeout(20):
             while len(newer) < 5:
                 try:
-                    newer.append(await s2.place(f"new{len(newer)}", 2 * W + len(newer), 9))
+                    newer.append(
+                        await s2.place(f"new{len(newer)}", 2 * W + len(newer), 9, "127.0.0.1")
+                    )
                 except StoreUnavailable:
                     await asyncio.sleep(0.05)
         assert [p.seq for p in newer] == [4, 5, 6, 7, 8]

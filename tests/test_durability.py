@@ -52,7 +52,10 @@ async def test_restart_uses_snapshot_plus_log_tail(tmp_path: Path) -> None:
     expected = Board(Geometry(64, 64))
     for k in range(120):
         await asyncio.gather(
-            *[store.place(f"u{k}-{j}", (k * 7 + j) % 4096, (k + j) % 16) for j in range(3)]
+            *[
+                store.place(f"u{k}-{j}", (k * 7 + j) % 4096, (k + j) % 16, "127.0.0.1")
+                for j in range(3)
+            ]
         )
         for j in range(3):
             expected.set((k * 7 + j) % 4096, (k + j) % 16)
@@ -71,7 +74,7 @@ async def test_restart_uses_snapshot_plus_log_tail(tmp_path: Path) -> None:
 async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_path: Path) -> None:
     store = make_store(tmp_path / "db.sqlite3", cooldown=300)
     await store.open()
-    first = await store.place("alice", 1, 1)
+    first = await store.place("alice", 1, 1, "127.0.0.1")
     seen: list[int] = []
     store.listen(lambda s, r: seen.append(s), lambda b, h: None)
     original = store._commit
@@ -81,7 +84,9 @@ async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_pat
 
     store._commit = broken  # type: ignore[method-assign]  # a disk that fails, for this test
     results = await asyncio.gather(
-        store.place("bob", 2, 2), store.place("carol", 3, 3), return_exceptions=True
+        store.place("bob", 2, 2, "127.0.0.1"),
+        store.place("carol", 3, 3, "127.0.0.1"),
+        return_exceptions=True,
     )
     assert all(isinstance(r, StoreUnavailable) for r in results)
     snap = await store.board()
@@ -89,10 +94,10 @@ async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_pat
     assert seen == []  # nobody was told about a placement that is not durable
     store._commit = original  # type: ignore[method-assign]  # the real disk again
     # The failed users are not cooling down, and the seq has no gap.
-    again = await store.place("bob", 2, 2)
+    again = await store.place("bob", 2, 2, "127.0.0.1")
     assert again.seq == 2 and seen == [2]
     with pytest.raises(CooldownActive):
-        await store.place("alice", 5, 5)
+        await store.place("alice", 5, 5, "127.0.0.1")
     await store.close()
 
 

@@ -31,7 +31,9 @@ async def history_env(make: MakeBackend, tmp_path: Path) -> tuple[list[Placement
     """60 placements, keyframes every 9, and the environment of a CLI that reads them."""
     backend = await make(cooldown=0, snapshot_every=9)
     store = await backend.store()
-    placed = [await store.place(f"u{k}", (k * 37) % (W * H), k % 16) for k in range(60)]
+    placed = [
+        await store.place(f"u{k}", (k * 37) % (W * H), k % 16, "127.0.0.1") for k in range(60)
+    ]
     env = {**os.environ, "OPENPLACE_WIDTH": str(W), "OPENPLACE_HEIGHT": str(H),
            "OPENPLACE_SECRET": "test-secret"}  # fmt: skip
     path = getattr(backend, "path", None)

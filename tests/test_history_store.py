@@ -31,7 +31,7 @@ async def fill(make: MakeBackend, n: int, every: int) -> tuple[list[Placement], 
     placed: list[Placement] = []
     for k in range(0, n, 25):  # in concurrent batches, as in a real event
         batch = await asyncio.gather(*(
-            stores[j % 2].place(f"u{j}", rng.randrange(W * H), rng.randrange(16))
+            stores[j % 2].place(f"u{j}", rng.randrange(W * H), rng.randrange(16), "127.0.0.1")
             for j in range(k, min(n, k + 25))
         ))  # fmt: skip
         placed += batch
@@ -106,7 +106,9 @@ async def test_a_history_from_before_keyframes_gets_them(make_backend: MakeBacke
     them in the background after opening, and the boards at them are exact."""
     backend = await make_backend(cooldown=0, snapshot_every=10_000)
     store = await backend.store()
-    placed = [await store.place(f"u{k}", (k * 7) % (W * H), k % 16) for k in range(300)]
+    placed = [
+        await store.place(f"u{k}", (k * 7) % (W * H), k % 16, "127.0.0.1") for k in range(300)
+    ]
     backend.snapshot_every = 40  # type: ignore[attr-defined]  # the new setting
     await backend.reopen()
     async with asyncio.timeout(20):

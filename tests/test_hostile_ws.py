@@ -58,7 +58,10 @@ class Target:
         base = self._placed
         self._placed += n
         done = await asyncio.gather(
-            *[self.store.place(f"h{base + i}", (base + i) % 8000, i % 16) for i in range(n)]
+            *[
+                self.store.place(f"h{base + i}", (base + i) % 8000, i % 16, "127.0.0.1")
+                for i in range(n)
+            ]
         )
         return max(p.seq for p in done)
 

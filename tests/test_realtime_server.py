@@ -31,7 +31,9 @@ class Lean:
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
 
     async def place(self, n: int, user: str = "u") -> None:
-        await asyncio.gather(*[self.store.place(f"{user}{i}", i % 4000, i % 16) for i in range(n)])
+        await asyncio.gather(
+            *[self.store.place(f"{user}{i}", i % 4000, i % 16, "127.0.0.1") for i in range(n)]
+        )
 
 
 async def start_lean(tmp_path: Path, **overrides: Any) -> tuple[Lean, asyncio.Server]:

@@ -108,6 +108,7 @@ def embedded_url() -> Iterator[str]:
     s = Settings(
         data_dir=data, secret="test-secret", width=100, height=80,
         cooldown_seconds=COOLDOWN, sessions_per_ip_per_minute=1_000_000, port=free_port(),
+        sessions_per_address_per_day=1_000_000, cooldown_by="user",
     )  # fmt: skip
     server = uvicorn.Server(uvicorn_config(create_app(s), s))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -131,6 +132,7 @@ def distributed_url(postgres: PostgresServer) -> Iterator[str]:
         env = cluster_env(
             redis.url, db, OPENPLACE_COOLDOWN_SECONDS=str(COOLDOWN),
             OPENPLACE_SESSIONS_PER_IP_PER_MINUTE="1000000",
+            OPENPLACE_SESSIONS_PER_ADDRESS_PER_DAY="1000000",
         )  # fmt: skip
         with Cluster(Settings.from_env(env), api=1, realtime=1, env=env) as cluster:
             yield f"http://127.0.0.1:{cluster.api_ports[0]}"

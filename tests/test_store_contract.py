@@ -214,7 +214,7 @@ async def test_seqs_are_gapless_and_each_acknowledged_once(make_backend: MakeBac
     backend = await make_backend()
     stores = [await backend.store(), await backend.store()]  # two API processes
     placed = await asyncio.gather(*(
-        stores[k % 2].place(f"user{k}", k, k % 16) for k in range(60)
+        stores[k % 2].place(f"user{k}", k, k % 16, "127.0.0.1") for k in range(60)
     ))  # fmt: skip
     assert sorted(p.seq for p in placed) == list(range(1, 61))
     assert {(p.user_id, p.index, p.color) for p in placed} == {
@@ -226,12 +226,13 @@ async def test_cooldown_is_atomic_across_stores(make_backend: MakeBackend) -> No
     backend = await make_backend(cooldown=300)
     stores = [await backend.store(), await backend.store()]
     results = await asyncio.gather(
-        *(stores[k % 2].place("same-user", k, 3) for k in range(20)), return_exceptions=True
+        *(stores[k % 2].place("same-user", k, 3, "127.0.0.1") for k in range(20)),
+        return_exceptions=True,
     )
     placed = [r for r in results if isinstance(r, Placement)]
     refused = [r for r in results if isinstance(r, CooldownActive)]
     assert len(placed) == 1 and len(refused) == 19, results
-    state = await stores[0].user("same-user")
+    state = await stores[0].user("same-user", "127.0.0.1")
     assert state.last_placed == pytest.approx(placed[0].ts, abs=0.01)
     assert state.next_at == pytest.approx(placed[0].ts + 300, abs=0.01)
     assert (await stores[0].board()).seq == 1
@@ -240,14 +241,16 @@ async def test_cooldown_is_atomic_across_stores(make_backend: MakeBackend) -> No
 async def test_acknowledged_means_durable(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     store = await backend.store()
-    placed = [await store.place(f"u{k}", 5 * k, k % 16) for k in range(1, 9)]
+    placed = [await store.place(f"u{k}", 5 * k, k % 16, "127.0.0.1") for k in range(1, 9)]
     store = await backend.reopen()  # every process of it gone; only durable data remains
     snap = await store.board()
     assert snap.seq == 8 and snap.data == replayed(placed)
     info = await store.pixel(5 * 3)
     assert (info.color, info.user_id, info.seq) == (3, "u3", 3)
-    assert (await store.user("u8")).last_placed == pytest.approx(placed[-1].ts, abs=0.01)
-    assert (await store.place("new", 0, 1)).seq == 9  # the sequence continues
+    assert (await store.user("u8", "127.0.0.1")).last_placed == pytest.approx(
+        placed[-1].ts, abs=0.01
+    )
+    assert (await store.place("new", 0, 1, "127.0.0.1")).seq == 9  # the sequence continues
 
 
 async def test_feed_delivers_every_committed_placement_once_in_order(
@@ -258,7 +261,9 @@ async def test_feed_delivers_every_committed_placement_once_in_order(
     runs: list[tuple[int, bytes]] = []
     unsubscribe = feed.listen(lambda first, records: runs.append((first, records)),
                               lambda board, head: None)  # fmt: skip
-    placed = await asyncio.gather(*(store.place(f"u{k}", k, k % 16) for k in range(50)))
+    placed = await asyncio.gather(
+        *(store.place(f"u{k}", k, k % 16, "127.0.0.1") for k in range(50))
+    )
     async with asyncio.timeout(10):
         while sum(len(r) for _, r in runs) < 50 * RECORD_SIZE:
             await asyncio.sleep(0.01)
@@ -278,7 +283,7 @@ async def test_feed_delivers_every_committed_placement_once_in_order(
 async def test_replay_returns_exactly_what_was_committed(make_backend: MakeBackend) -> None:
     backend = await make_backend(cooldown=0)
     store = await backend.store()
-    placed = [await store.place(f"u{k}", k * 7 % (W * H), k % 16) for k in range(30)]
+    placed = [await store.place(f"u{k}", k * 7 % (W * H), k % 16, "127.0.0.1") for k in range(30)]
     feed = await backend.feed()
     async with asyncio.timeout(10):
         while await feed.head() < 30:
@@ -291,7 +296,7 @@ async def test_replay_returns_exactly_what_was_committed(make_backend: MakeBacke
 async def test_snapshots_keep_a_reopened_board_exact(make_backend: MakeBackend) -> None:
     backend = await make_backend(cooldown=0, snapshot_every=7)
     store = await backend.store()
-    placed = [await store.place(f"u{k}", k * 13 % (W * H), k % 16) for k in range(40)]
+    placed = [await store.place(f"u{k}", k * 13 % (W * H), k % 16, "127.0.0.1") for k in range(40)]
     async with asyncio.timeout(10):  # snapshots are written in the background
         while (await backend.snapshot_seqs())[:1] != [35]:
             await asyncio.sleep(0.02)
@@ -300,7 +305,7 @@ async def test_snapshots_keep_a_reopened_board_exact(make_backend: MakeBackend) 
     store = await backend.reopen()
     snap = await store.board()
     assert (snap.seq, snap.data) == (40, replayed(placed))
-    placed.append(await store.place("after", 1, 15))
+    placed.append(await store.place("after", 1, 15, "127.0.0.1"))
     store = await backend.reopen()
     assert (await store.board()).data == replayed(placed)
 

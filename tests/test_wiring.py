@@ -154,7 +154,7 @@ def test_state_of_reads_one_typed_container(settings: Settings) -> None:
 def test_a_process_without_the_api_role_has_no_api_collaborators(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, secret="s")
     state = state_of(create_app(settings, roles={"web"}))
-    for name in ("signer", "board_cache", "session_limiter"):
+    for name in ("signer", "board_cache", "timeline"):
         with pytest.raises(MissingRole, match="'api' role"):
             getattr(state, name)
     with pytest.raises(MissingRole, match="'realtime' role"):

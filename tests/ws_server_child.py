@@ -102,7 +102,7 @@ async def main(kind: str, port: int) -> None:
         if line[0] == "place":
             n = int(line[1])
             done = await asyncio.gather(*[
-                store.place(f"r{placed + i}", (placed + i) % settings.pixels, i % 16)
+                store.place(f"r{placed + i}", (placed + i) % settings.pixels, i % 16, "127.0.0.1")
                 for i in range(n)
             ])  # fmt: skip
             placed += n

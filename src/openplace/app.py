@@ -27,7 +27,6 @@ from openplace.api.errors import (
     handle_unexpected,
 )
 from openplace.api.placing import PlaceFastPath
-from openplace.api.ratelimit import RateLimiter
 from openplace.api.routes import ROUTES
 from openplace.auth.moderators import ModeratorSigner
 from openplace.auth.tokens import TokenSigner
@@ -112,7 +111,6 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
             state,
             signer_=TokenSigner(secret),
             board_cache_=BoardCache(store, settings.board_refresh_seconds),
-            session_limiter_=RateLimiter(settings.sessions_per_ip_per_minute, 60.0),
             timeline_=Timeline(services.archive) if services.archive is not None else None,
             moderation_=services.moderation,
             moderators_=ModeratorSigner(secret),

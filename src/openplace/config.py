@@ -22,6 +22,9 @@ def _default_data_dir() -> Path:
     return Path(base) / "openplace"
 
 
+COOLDOWN_BY = ("user", "address", "both")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Runtime settings. Build with :meth:`from_env`; override with :meth:`with_`."""
@@ -29,6 +32,9 @@ class Settings:
     width: int = 1000
     height: int = 1000
     cooldown_seconds: float = 300.0
+    # Whose cooldown a placement waits for: the user's, the address's (IPv6: its /64),
+    # or both. "both" stops a bot that makes a new session for every placement.
+    cooldown_by: str = "both"
     data_dir: Path = field(default_factory=_default_data_dir)
     secret: str = ""
     host: str = "127.0.0.1"
@@ -61,6 +67,9 @@ class Settings:
     # HTTP limits.
     max_body_bytes: int = 1024
     sessions_per_ip_per_minute: int = 30
+    sessions_per_address_per_day: int = 300
+    # Pixels one moderator action (rollback, fill) may write, at most.
+    admin_max_pixels: int = 250_000
     # HTTP server limits (api/limits.py), in every mode: the request line and headers
     # (else 431), the time to send them (from connect or first byte, else 408 or a
     # silent close), the time to send a declared body, how long an idle keep-alive
@@ -136,7 +145,8 @@ class Settings:
         positive = ("replay_limit", "snapshot_every", "history_max_records",
                     "ws_max_connections_per_ip", "ws_send_buffer_bytes", "ws_max_message_bytes",
                     "max_body_bytes",
-                    "sessions_per_ip_per_minute", "http_max_connections_per_ip")  # fmt: skip
+                    "sessions_per_ip_per_minute", "sessions_per_address_per_day",
+                    "admin_max_pixels", "http_max_connections_per_ip")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be >= 1")
@@ -152,6 +162,8 @@ class Settings:
             raise ValueError("OPENPLACE_ACK_TIMEOUT_SECONDS must be > 0")
         if self.cooldown_seconds < 0:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
+        if self.cooldown_by not in COOLDOWN_BY:
+            raise ValueError(f"OPENPLACE_COOLDOWN_BY must be one of {', '.join(COOLDOWN_BY)}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"OPENPLACE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 

@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # named for type checking only: no import cycles, no backend 
     from starlette.requests import HTTPConnection
 
     from openplace.api.board_cache import BoardCache
-    from openplace.api.ratelimit import RateLimiter
     from openplace.auth.moderators import ModeratorSigner
     from openplace.auth.tokens import TokenSigner
     from openplace.config import Settings
@@ -47,7 +46,6 @@ class AppState:
     store_: Store | None = None  # api
     signer_: TokenSigner | None = None  # api
     board_cache_: BoardCache | None = None  # api
-    session_limiter_: RateLimiter | None = None  # api
     timeline_: Timeline | None = None  # api
     moderation_: Moderation | None = None  # api
     moderators_: ModeratorSigner | None = None  # api
@@ -70,12 +68,6 @@ class AppState:
         if self.board_cache_ is None:
             raise MissingRole("board cache", "api")
         return self.board_cache_
-
-    @property
-    def session_limiter(self) -> RateLimiter:
-        if self.session_limiter_ is None:
-            raise MissingRole("session limiter", "api")
-        return self.session_limiter_
 
     @property
     def timeline(self) -> Timeline:

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from openplace.api.errors import APIError, render_error
 from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.core.board import InvalidPixel, check_color
-from openplace.core.placement import CooldownActive, StoreUnavailable
+from openplace.core.placement import CooldownActive, PlacementRefused, StoreUnavailable
+from openplace.core.policy import Refusal
 from openplace.state import AppState, state_of
 from openplace.web.security import API_RAW_HEADERS
 
@@ -95,7 +96,16 @@ def _int_field(body: dict[str, Any], name: str) -> int:
     return value
 
 
-async def place(state: AppState, authorization: str, body: bytes) -> dict[str, Any]:
+def refused(refusal: Refusal) -> APIError:
+    """The 403 for what the policy refuses (``frozen``, ``banned``, ``protected``)."""
+    extra = dict(refusal.extra)
+    if "expires_at" in extra:
+        expires = extra["expires_at"]
+        extra["expires_at"] = iso(expires) if isinstance(expires, int | float) else None
+    return APIError(403, refusal.code, refusal.message, **extra)
+
+
+async def place(state: AppState, authorization: str, body: bytes, address: str) -> dict[str, Any]:
     """Validate a placement request, store it, and return the 200 answer's body."""
     identity = identify(state.signer, authorization)
     data = parse_json(body)
@@ -112,7 +122,9 @@ async def place(state: AppState, authorization: str, body: bytes) -> dict[str, A
         code = "bad_color" if exc.field == "color" else "bad_coordinates"
         raise APIError(400, code, str(exc)) from exc
     try:
-        placement = await store.place(identity.user_id, index, color)
+        placement = await store.place(identity.user_id, index, color, address)
+    except PlacementRefused as exc:
+        raise refused(exc.refusal) from exc
     except CooldownActive as exc:
         retry = exc.retry_after
         raise APIError(
@@ -164,7 +176,9 @@ class PlaceEndpoint:
                 more = message.get("more_body", False)
                 if len(body) > limit:
                     raise too_large(limit)
-            payload = await place(state, authorization_of(scope["headers"]), body)
+            client = scope.get("client")
+            address = client[0] if client else "?"
+            payload = await place(state, authorization_of(scope["headers"]), body, address)
         except APIError as exc:
             status = exc.status
             content, headers = render_error(exc.code, exc.message, exc.headers, **exc.extra)

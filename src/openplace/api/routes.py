@@ -2,13 +2,15 @@
 
 Handlers find their collaborators through :func:`openplace.state.state_of` (built by
 :func:`openplace.app.create_app`): ``settings``, ``store``, ``signer``,
-``board_cache`` and ``session_limiter``.
+``board_cache``, ``timeline``, ``moderation``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -30,11 +32,12 @@ from openplace.api.history import (
 from openplace.api.json import JSONResponse
 from openplace.api.openapi import openapi_schema
 from openplace.api.params import accepts_gzip, coordinate, matches_etag
-from openplace.api.placing import authorization_of, identify, iso, place_endpoint
+from openplace.api.placing import authorization_of, identify, iso, place_endpoint, refused
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
 from openplace.core.placement import StoreUnavailable
+from openplace.core.policy import banned
 from openplace.state import state_of
 
 log = logging.getLogger(__name__)
@@ -83,17 +86,32 @@ async def canvas(request: Request) -> Response:
 
 
 async def new_session(request: Request) -> Response:
+    """``POST /api/session``: a new anonymous user, within the per-address caps."""
     state = state_of(request)
-    if not state.session_limiter.allow(client_ip(request)):
+    address, now = client_ip(request), time.time()
+    store = state.store
+    ban = (await read_store(request, store.current_policy())).address_ban(address, now)
+    if ban is not None:
+        raise refused(banned(ban))
+    identity = state.signer.new_identity()
+    wait = await read_store(request, store.admit_session(identity.user_id, address))
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
         raise APIError(
             429,
             "rate_limited",
-            "too many sessions from this address; wait a minute",
-            headers={"Retry-After": "60"},
+            f"too many new sessions from this address; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
         )
-    signer = state.signer
-    identity = signer.new_identity()
-    return JSONResponse({"token": signer.issue(identity), "user_id": identity.user_id}, 201)
+    await read_store(request, state.moderation.record_session(identity.user_id, address, now))
+    token = state.signer.issue(identity)
+    return JSONResponse({"token": token, "user_id": identity.user_id}, 201)
+
+
+async def policy(request: Request) -> Response:
+    """``GET /api/policy``: whether the canvas is frozen, and its protected areas."""
+    return JSONResponse(state_of(request).store.policy.public(),
+                        headers={"Cache-Control": "no-cache"})  # fmt: skip
 
 
 async def board(request: Request) -> Response:
@@ -126,7 +144,8 @@ async def board(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     identity = authenticate(request)
-    state = await read_store(request, state_of(request).store.user(identity.user_id))
+    store = state_of(request).store
+    state = await read_store(request, store.user(identity.user_id, client_ip(request)))
     return JSONResponse(
         {
             "user_id": state.user_id,
@@ -185,6 +204,7 @@ async def openapi(request: Request) -> Response:
 API_ROUTES = [
     Route("/canvas", canvas, methods=["GET"]),
     Route("/session", new_session, methods=["POST"]),
+    Route("/policy", policy, methods=["GET"]),
     Route("/board", board, methods=["GET"]),
     Route("/board.png", board_png_endpoint, methods=["GET"]),
     Route("/history", history, methods=["GET"]),

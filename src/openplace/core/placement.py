@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from openplace.core.policy import Refusal
+
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -41,6 +43,32 @@ class BoardSnapshot:
     data: bytes
     seq: int
     board_id: str  # changes when the board is recreated or restored (resync)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A moderator's contiguous run of placements: seqs ``first .. first+count-1``."""
+
+    first: int | None  # None: nothing to write
+    count: int
+    skipped: int = 0  # changes left out: someone placed on the pixel meanwhile
+
+    @property
+    def last(self) -> int | None:
+        return None if self.first is None else self.first + self.count - 1
+
+
+class StaleRun(Exception):
+    """A moderator's run could not be checked against what was placed after the seq it
+    was planned at (no longer held where the store can see it): plan it again."""
+
+
+class PlacementRefused(Exception):
+    """The policy refuses this placement (frozen, banned, protected); nothing changed."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class CooldownActive(Exception):

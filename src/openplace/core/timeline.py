@@ -10,6 +10,7 @@ fetch them and :mod:`openplace.history` puts the pieces together.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -42,6 +43,18 @@ def parse_time(text: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h`` or ``30d``, in seconds (``ValueError`` otherwise)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{text[:40]!r} is not a duration like 90s, 15m, 12h or 30d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 # -- keyframes -----------------------------------------------------------------------

@@ -32,22 +32,27 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
     from openplace.distributed.archive import PostgresArchive
     from openplace.distributed.feed import RedisFeed
     from openplace.distributed.moderation import PostgresModeration
-    from openplace.distributed.online import report_online
+    from openplace.distributed.online import follow_policy, report_online
     from openplace.distributed.store import DistributedStore
 
     redis_url, database_url = settings.redis_url or "", settings.database_url or ""
     services = Services()
     if "api" in roles:
+        moderation = PostgresModeration(database_url)
         store = DistributedStore(
             redis_url, database_url, Geometry(settings.width, settings.height),
             settings.cooldown_seconds, ack_timeout=settings.ack_timeout_seconds,
+            cooldown_by=settings.cooldown_by,
+            sessions_per_minute=settings.sessions_per_ip_per_minute,
+            sessions_per_day=settings.sessions_per_address_per_day,
+            policy_source=moderation.policy,
         )  # fmt: skip
         services.store = store
         services.archive = PostgresArchive(
             Geometry(settings.width, settings.height), database_url=database_url
         )
-        services.moderation = PostgresModeration(database_url)
-        services.resources += [store, services.archive, services.moderation]
+        services.moderation = moderation
+        services.resources += [moderation, store, services.archive]
     if "realtime" in roles:
         if services.store is not None:
             feed = store.feed
@@ -57,6 +62,7 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
         services.feed = feed
         interval = settings.online_interval_seconds
         services.background = lambda hub: [
-            asyncio.create_task(report_online(hub, feed.redis, interval))
+            asyncio.create_task(report_online(hub, feed.redis, interval)),
+            asyncio.create_task(follow_policy(hub, feed.redis, interval)),
         ]
     return services

@@ -12,6 +12,8 @@ import numpy as np
 
 from openplace.core.board import Geometry
 from openplace.core.placement import PixelInfo, StoreUnavailable
+from openplace.core.policy import Rect
+from openplace.core.rollback import PixelFacts, undo_changes
 from openplace.core.timeline import LogSlice, decode_keyframe
 
 _PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -129,3 +131,39 @@ class PostgresArchive:
                 PixelInfo(index, int(r["color"]), str(r["user_id"]), float(r["t"]), int(r["seq"]))
                 for r in rows
             ]
+
+    async def undo_plan(
+        self, users: list[str], after: int, rect: Rect | None
+    ) -> tuple[int, list[tuple[int, int]], int]:
+        geometry = self.geometry
+        async with (
+            _outage(),
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            head = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM placements"))
+            touched: dict[int, int] = {}
+            for r in await conn.fetch(
+                "SELECT idx, count(*) AS n FROM placements "
+                "WHERE user_id = ANY($1::text[]) AND seq > $2 AND seq <= $3 GROUP BY idx",
+                users, after, head,
+            ):  # fmt: skip
+                if rect is None or rect.contains(*geometry.xy(r["idx"])):
+                    touched[r["idx"]] = r["n"]
+            rows = await conn.fetch(
+                """
+                SELECT p.idx, n.seq, n.color, n.user_id,
+                       (SELECT r.color FROM placements r
+                         WHERE r.idx = p.idx AND r.seq <= $1
+                           AND NOT (r.seq > $2 AND r.user_id = ANY($3::text[]))
+                         ORDER BY r.seq DESC LIMIT 1) AS restore
+                  FROM unnest($4::int[]) AS p(idx)
+                  CROSS JOIN LATERAL (
+                        SELECT seq, color, user_id FROM placements
+                         WHERE idx = p.idx AND seq <= $1 ORDER BY seq DESC LIMIT 1) n
+                """,
+                head, after, users, list(touched),
+            )  # fmt: skip
+        facts = [PixelFacts(r["idx"], r["seq"], r["color"], r["user_id"], r["restore"])
+                 for r in rows]  # fmt: skip
+        return head, undo_changes(facts, frozenset(users), after), sum(touched.values())

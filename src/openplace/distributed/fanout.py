@@ -7,8 +7,8 @@ import logging
 import signal
 
 from openplace.config import Settings
+from openplace.distributed import build
 from openplace.distributed.feed import RedisFeed
-from openplace.distributed.online import report_online
 from openplace.distributed.websocket_server import serve
 from openplace.realtime.process import build_hub, start_background
 
@@ -21,14 +21,13 @@ async def run_realtime(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    feed = RedisFeed.from_urls(settings.redis_url or "", settings.database_url or "")
+    services = build(settings, {"realtime"})  # the feed, and what tells clients from Redis
+    feed, background = services.feed, services.background
+    assert isinstance(feed, RedisFeed) and background is not None
     await feed.open()
     hub = build_hub(settings, feed)
     await hub.start()
-    tasks = start_background(hub, settings)
-    tasks.append(asyncio.create_task(
-        report_online(hub, feed.redis, settings.online_interval_seconds)
-    ))  # fmt: skip
+    tasks = start_background(hub, settings) + background(hub)
     server = await serve(
         hub, settings.host, settings.port,
         max_message=settings.ws_max_message_bytes, trusted_proxies=settings.trusted_proxies,

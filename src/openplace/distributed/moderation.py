@@ -3,11 +3,19 @@ every API process on every admin request."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
 import asyncpg
 import orjson
 
 from openplace.core.audit import AuditEntry
+from openplace.core.policy import Area, Ban, Policy, Rect, parse_network
 from openplace.distributed.schema import migrate
+
+T = TypeVar("T")
 
 
 class PostgresModeration:
@@ -63,6 +71,102 @@ class PostgresModeration:
             2**62 if before is None else before, limit,
         )  # fmt: skip
         return [_entry(r) for r in rows]
+
+    # -- the policy ----------------------------------------------------------------
+
+    async def policy(self) -> Policy:
+        async with self.pool.acquire() as conn:
+            return await _read_policy(conn)
+
+    async def _change(
+        self, change: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> tuple[T, Policy]:
+        """Run ``change`` and bump the policy's version in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT value FROM policy WHERE key = 'version' FOR UPDATE")
+            result = await change(conn)
+            await conn.execute("UPDATE policy SET value = value + 1 WHERE key = 'version'")
+            return result, await _read_policy(conn)
+
+    async def ban(self, ban: Ban) -> Policy:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO bans VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, subject) "
+                "DO UPDATE SET reason = excluded.reason, by = excluded.by, at = excluded.at, "
+                "expires_at = excluded.expires_at",
+                ban.kind, ban.subject, ban.reason, ban.by, ban.at, ban.expires_at,
+            )  # fmt: skip
+
+        return (await self._change(write))[1]
+
+    async def unban(self, kind: str, subject: str) -> tuple[bool, Policy]:
+        async def write(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                "DELETE FROM bans WHERE kind = $1 AND subject = $2", kind, subject
+            )
+            return bool(status != "DELETE 0")
+
+        return await self._change(write)
+
+    async def protect(self, rect: Rect, by: str, at: float) -> tuple[Area, Policy]:
+        async def write(conn: asyncpg.Connection) -> Area:
+            area_id = await conn.fetchval(
+                "INSERT INTO protected_areas (x, y, w, h, by, at) "
+                "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                rect.x, rect.y, rect.w, rect.h, by, at,
+            )  # fmt: skip
+            return Area(int(area_id), rect)
+
+        return await self._change(write)
+
+    async def unprotect(self, area_id: int) -> tuple[bool, Policy]:
+        async def write(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute("DELETE FROM protected_areas WHERE id = $1", area_id)
+            return bool(status != "DELETE 0")
+
+        return await self._change(write)
+
+    async def freeze(self, frozen: bool) -> Policy:
+        async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute("UPDATE policy SET value = $1 WHERE key = 'frozen'", int(frozen))
+
+        return (await self._change(write))[1]
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def record_session(self, user_id: str, address: str, at: float) -> None:
+        try:
+            parse_network(address)
+        except ValueError:
+            return  # no address to remember (a Unix socket, a test client)
+        await self.pool.execute(
+            "INSERT INTO sessions VALUES ($1, $2::inet, $3) ON CONFLICT DO NOTHING",
+            user_id, address, datetime.fromtimestamp(at, UTC),
+        )  # fmt: skip
+
+    async def session_users(self, network: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT user_id FROM sessions WHERE addr <<= $1::cidr",
+            str(parse_network(network)),
+        )
+        return [r["user_id"] for r in rows]
+
+
+async def _read_policy(conn: asyncpg.Connection) -> Policy:
+    flags = {r["key"]: r["value"] for r in await conn.fetch("SELECT key, value FROM policy")}
+    bans = tuple(
+        Ban(r["kind"], r["subject"], r["reason"], r["by"], r["at"], r["expires_at"])
+        for r in await conn.fetch(
+            "SELECT kind, subject, reason, by, at, expires_at FROM bans "
+            "WHERE expires_at IS NULL OR expires_at > $1 ORDER BY at",
+            time.time(),
+        )
+    )
+    areas = tuple(
+        Area(r["id"], Rect(r["x"], r["y"], r["w"], r["h"]))
+        for r in await conn.fetch("SELECT id, x, y, w, h FROM protected_areas ORDER BY id")
+    )
+    return Policy(int(flags["version"]), bool(flags["frozen"]), areas, bans)
 
 
 def _entry(r: asyncpg.Record) -> AuditEntry:

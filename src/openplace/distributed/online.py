@@ -1,4 +1,5 @@
-"""The online count across realtime processes, kept in one Redis hash."""
+"""What every realtime process tells its clients from Redis: the online count across
+processes (one Redis hash), and moderation's public policy (``op:policy:public``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import secrets
 import time
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -46,3 +48,16 @@ async def report_online(hub: Hub, redis: aioredis.Redis, interval: float) -> Non
     finally:
         with contextlib.suppress(RedisError, OSError):
             await redis.hdel(keys.ONLINE, me)
+
+
+async def follow_policy(hub: Hub, redis: aioredis.Redis, interval: float) -> None:
+    """Every ``interval``: a newer public policy (frozen, protected areas) to the hub."""
+    while True:
+        try:
+            raw = await redis.get(keys.POLICY_PUBLIC)
+            if raw is not None:
+                public = orjson.loads(raw)
+                hub.set_policy(int(public.pop("version")), public)
+        except (RedisError, OSError, ValueError) as exc:
+            log.debug("policy not read: %s", exc)
+        await asyncio.sleep(interval)

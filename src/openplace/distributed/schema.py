@@ -53,6 +53,34 @@ MIGRATIONS: list[str] = [
         effect JSONB NOT NULL
     );
     """,
+    # 5: moderation's policy (bans, protected areas, the frozen flag, its version), the
+    # address each session was made from, and placements by user (for rollbacks).
+    """
+    CREATE TABLE policy (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+    INSERT INTO policy VALUES ('version', 0), ('frozen', 0);
+    CREATE TABLE bans (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        by TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        PRIMARY KEY (kind, subject)
+    );
+    CREATE TABLE protected_areas (
+        id BIGSERIAL PRIMARY KEY,
+        x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL,
+        by TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE sessions (
+        user_id TEXT PRIMARY KEY,
+        addr INET NOT NULL,
+        created TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX sessions_by_addr ON sessions USING gist (addr inet_ops);
+    CREATE INDEX placements_by_user ON placements (user_id, seq);
+    """,
 ]
 
 # Serialises migrations between processes starting at once.

@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -39,10 +40,15 @@ from openplace.core.placement import (
     CooldownActive,
     PixelInfo,
     Placement,
+    PlacementRefused,
+    Run,
+    StaleRun,
     StoreUnavailable,
     UserState,
     next_allowed,
 )
+from openplace.core.policy import Policy, client_key
+from openplace.core.quota import DAY, MINUTE, window_end
 from openplace.core.wire import RECORD_SIZE
 from openplace.distributed import keys
 from openplace.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
@@ -63,8 +69,8 @@ async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, as
     return redis, pool
 
 
-# index, color, user, and the future for (seq, now_ms, board)
-_Request = tuple[int, int, str, "asyncio.Future[tuple[int, int, BoardId]]"]
+# index, color, user, address, and the future for (seq, now_ms, board)
+_Request = tuple[int, int, str, str, "asyncio.Future[tuple[int, int, BoardId]]"]
 _Waiter = asyncio.Future[None]
 _PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -121,12 +127,27 @@ class DistributedStore:
         cooldown: float,
         *,
         ack_timeout: float = 10.0,
+        cooldown_by: str = "user",
+        sessions_per_minute: int = 30,
+        sessions_per_day: int = 300,
+        policy_source: Callable[[], Awaitable[Policy]] | None = None,
+        policy_poll: float = 1.0,
     ) -> None:
         self.redis_url = redis_url
         self.database_url = database_url
         self.geometry = geometry
         self.cooldown = cooldown
         self.ack_timeout = ack_timeout
+        cooldown_ms = int(cooldown * 1000)
+        self._user_cooldown_ms = cooldown_ms if cooldown_by in ("user", "both") else 0
+        self._address_cooldown_ms = cooldown_ms if cooldown_by in ("address", "both") else 0
+        self.sessions_per_minute = sessions_per_minute
+        self.sessions_per_day = sessions_per_day
+        self.policy_source = policy_source
+        self.policy_poll = policy_poll
+        self._policy = Policy()
+        self._policy_lock = asyncio.Lock()
+        self._policy_task: asyncio.Task[None] | None = None
         self._acks: Acks[_Waiter] = Acks()
         self._checking: asyncio.Task[None] | None = None
         self._batch: list[_Request] = []  # placements for the next script call
@@ -139,7 +160,14 @@ class DistributedStore:
     async def open(self) -> None:
         self._redis, self._pg = await connect(self.redis_url, self.database_url)
         self._place = self._redis.register_script(keys.PLACE_LUA)
+        self._run_script = self._redis.register_script(keys.RUN_LUA)
+        self._policy_script = self._redis.register_script(keys.POLICY_LUA)
+        self._session_script = self._redis.register_script(keys.SESSION_LUA)
         self._board = self._redis.register_script(keys.BOARD_LUA)
+        if self.policy_source is not None:
+            with contextlib.suppress(StoreUnavailable):  # Redis down: at the first placement
+                await self._reload_policy()
+            self._policy_task = asyncio.create_task(self._follow_policy())
         self.feed.bind(self._redis, self._pg)
         self.feed.listen(self._committed, self._reset)
         await self.feed.open()
@@ -148,6 +176,9 @@ class DistributedStore:
     async def close(self) -> None:
         if self._checking is not None:
             self._checking.cancel()
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+            await asyncio.gather(self._policy_task, return_exceptions=True)
         await self.feed.close()
         if self._redis is not None:
             await close_quietly(self._redis.aclose())
@@ -156,14 +187,39 @@ class DistributedStore:
 
     # -- placing -------------------------------------------------------------------
 
-    async def place(self, user_id: str, index: int, color: int) -> Placement:
+    async def place(self, user_id: str, index: int, color: int, address: str) -> Placement:
+        try:
+            self._check_policy(user_id, address, index)
+        except PlacementRefused:
+            # Refused by the policy this process holds: is it still the one in force? (One
+            # that allows is checked by the placement script; one that refuses, here.)
+            if not await self._policy_current():
+                await self._reload_policy()
+            self._check_policy(user_id, address, index)
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future[tuple[int, int, BoardId]] = loop.create_future()
-        self._batch.append((index, color, user_id, accepted))
-        if len(self._batch) == 1:
-            loop.call_soon(self._send_batch)
+        self._queue((index, color, user_id, address, accepted))
         seq, now_ms, board = await accepted
         placement = Placement(seq, index, color, user_id, now_ms / 1000)
+        return await self._durable(placement, board)
+
+    def _check_policy(self, user_id: str, address: str, index: int) -> None:
+        policy = self._policy
+        if policy.version:
+            refusal = policy.refusal(user_id, address, *self.geometry.xy(index), time.time())
+            if refusal is not None:
+                raise PlacementRefused(refusal)
+
+    def _queue(self, *requests: _Request) -> None:
+        self._batch.extend(requests)
+        if len(self._batch) == len(requests):
+            asyncio.get_running_loop().call_soon(self._send_batch)
+
+    async def _durable(self, placement: Placement, board: BoardId) -> Placement:
+        """``placement`` once it is committed to PostgreSQL, or ``StoreUnavailable``."""
+        loop = asyncio.get_running_loop()
+        seq, index, color, user_id = (placement.seq, placement.index, placement.color,
+                                      placement.user_id)  # fmt: skip
         waiter: _Waiter = loop.create_future()
         outcome = self._acks.accepted(waiter, Accepted(seq, board, index, color, user_id))
         if outcome is Outcome.CONFIRMED:
@@ -191,10 +247,12 @@ class DistributedStore:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[_Request]) -> None:
-        keys_ = [keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH]
-        args: list[int | str] = [int(self.cooldown * 1000)]
-        for index, color, user, _ in batch:
-            keys_.append(keys.COOLDOWN + user)
+        keys_ = [keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH, keys.POLICY]
+        policy = self._policy
+        args: list[int | str] = [self._user_cooldown_ms, self._address_cooldown_ms,
+                                 policy.version]  # fmt: skip
+        for index, color, user, address, _ in batch:
+            keys_ += (keys.COOLDOWN + user, keys.ADDRESS_COOLDOWN + client_key(address))
             args += (index, color, user)
         try:
             result = await self._place(keys=keys_, args=args)
@@ -206,6 +264,9 @@ class DistributedStore:
         if result[0] == -1:
             _fail(batch, "the board is being restored")
             return
+        if result[0] == -2:  # a moderator changed the policy: check again under it
+            await self._recheck(batch, policy)
+            return
         board_id, now_ms = BoardId.parse(result[0]), int(result[1])
         now = time.time()
         for (*_, future), r in zip(batch, result[2:], strict=True):
@@ -214,7 +275,27 @@ class DistributedStore:
             if r > 0:
                 future.set_result((int(r), now_ms, board_id))
             else:
-                future.set_exception(CooldownActive(-int(r) / 1000 + self.cooldown, now))
+                future.set_exception(CooldownActive(-int(r) / 1000, now))
+
+    async def _recheck(self, batch: list[_Request], checked: Policy) -> None:
+        try:
+            if self._policy is checked:
+                await self._reload_policy()
+        except StoreUnavailable as exc:
+            _fail(batch, f"the policy cannot be read: {exc}")
+            return
+        again = []
+        for request in batch:
+            index, _, user, address, future = request
+            try:
+                self._check_policy(user, address, index)
+            except PlacementRefused as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                again.append(request)
+        if again:
+            self._queue(*again)
 
     def _committed(self, first: int, records: bytes) -> None:
         upto = first + len(records) // RECORD_SIZE - 1
@@ -261,6 +342,109 @@ class DistributedStore:
                 if accepted is not None:
                     _answer(waiter, self._acks.checked(waiter, found.get(accepted.seq)))
 
+    # -- moderation ----------------------------------------------------------------
+
+    async def write_run(self, user_id: str, changes: list[tuple[int, int]], after: int) -> Run:
+        if not changes:
+            return Run(None, 0)
+        assert self._redis is not None
+        args: list[int | str] = [after, user_id]
+        for index, color in changes:
+            args += (index, color)
+        try:
+            result = await self._run_script(
+                keys=[keys.BOARD, keys.SEQ, keys.STREAM, keys.EPOCH], args=args
+            )
+        except (RedisError, OSError) as exc:
+            maybe = isinstance(exc, RedisTimeoutError | TimeoutError)
+            raise StoreUnavailable(f"redis: {exc}", maybe_placed=maybe) from exc
+        if result[0] == -1:
+            raise StoreUnavailable("the board is being restored")
+        if result[0] == -3:
+            raise StaleRun(after)
+        board, (now_ms, first, count, *last) = BoardId.parse(result[0]), map(int, result[1:])
+        run = Run(first if count else None, count, len(changes) - count)
+        if run.last is not None:  # durable once its newest placement is
+            index, color = last
+            await self._durable(Placement(run.last, index, color, user_id, now_ms / 1000), board)
+        return run
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    async def current_policy(self) -> Policy:
+        if not await self._policy_current():
+            await self._reload_policy()
+        return self._policy
+
+    async def apply_policy(self, policy: Policy) -> None:
+        in_force = await self._publish_policy(policy)
+        if in_force == policy.version and policy.version > self._policy.version:
+            self._policy = policy
+        elif in_force > self._policy.version:
+            await self._reload_policy()
+
+    async def _publish_policy(self, policy: Policy) -> int:
+        public = orjson.dumps({"version": policy.version, **policy.public()})
+        with _outage():
+            try:
+                return int(await self._policy_script(keys=[keys.POLICY, keys.POLICY_PUBLIC],
+                                                     args=[policy.version, public]))  # fmt: skip
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def _reload_policy(self) -> None:
+        """Read the policy from PostgreSQL and put it in force in Redis (Redis may have
+        lost it, or a moderator changed it in another process). One at a time."""
+        assert self.policy_source is not None
+        async with self._policy_lock:
+            for _ in range(10):
+                with _outage():
+                    policy = await self.policy_source()
+                in_force = await self._publish_policy(policy)
+                if in_force <= policy.version:
+                    self._policy = policy
+                    return
+            raise StoreUnavailable("the policy keeps changing; try again")
+
+    async def _policy_current(self) -> bool:
+        assert self._redis is not None
+        with _outage():
+            try:
+                return int(await self._redis.get(keys.POLICY) or 0) == self._policy.version
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def _follow_policy(self) -> None:
+        """Notice another process's policy change even while nobody places here (the
+        placement script notices at once when someone does)."""
+        assert self._redis is not None
+        while True:
+            await asyncio.sleep(self.policy_poll)
+            try:
+                raw = await self._redis.get(keys.POLICY)
+                if int(raw or 0) != self._policy.version:
+                    await self._reload_policy()
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                log.debug("policy not checked: %s", exc)
+
+    async def admit_session(self, user_id: str, address: str) -> float | None:
+        assert self._redis is not None
+        key, now = client_key(address), time.time()
+        minute = f"{keys.SESSIONS}m:{key}:{int(now) // MINUTE}"
+        day = f"{keys.SESSIONS}d:{key}:{int(now) // DAY}"
+        with _outage():
+            try:
+                over = await self._session_script(
+                    keys=[minute, day], args=[self.sessions_per_minute, self.sessions_per_day]
+                )
+            except RedisError as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
+        if over == 0:
+            return None
+        return window_end(now, DAY if over == 2 else MINUTE) - now
+
     # -- reading -------------------------------------------------------------------
 
     async def board(self) -> BoardSnapshot:
@@ -286,10 +470,12 @@ class DistributedStore:
             (color,) = await self._redis.bitfield(keys.BOARD).get("u4", f"#{index}").execute()
         return PixelInfo(index, int(color or 0))
 
-    async def user(self, user_id: str) -> UserState:
+    async def user(self, user_id: str, address: str) -> UserState:
         assert self._pg is not None and self._redis is not None
         with _outage():
-            raw = await self._redis.get(keys.COOLDOWN + user_id)
+            raw, by_address = await self._redis.mget(
+                keys.COOLDOWN + user_id, keys.ADDRESS_COOLDOWN + client_key(address)
+            )
             if raw is not None:
                 last: float | None = int(raw) / 1000
             else:
@@ -297,4 +483,10 @@ class DistributedStore:
                     "SELECT last_placed FROM users WHERE user_id = $1", user_id
                 )
                 last = ts.timestamp() if ts is not None else None
-        return UserState(user_id, last, next_allowed(last, self.cooldown, time.time()))
+        now = time.time()
+        waits = [t for t in (
+            next_allowed(last, self.cooldown, now) if self._user_cooldown_ms else None,
+            next_allowed(int(by_address) / 1000, self.cooldown, now)
+            if by_address is not None and self._address_cooldown_ms else None,
+        ) if t is not None]  # fmt: skip
+        return UserState(user_id, last, max(waits) if waits else None)

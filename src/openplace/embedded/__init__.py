@@ -7,27 +7,43 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from openplace.config import Settings
 from openplace.core.board import Geometry
+from openplace.core.quota import SessionQuota
 from openplace.embedded.archive import SqliteArchive
 from openplace.embedded.moderation import SqliteModeration
 from openplace.embedded.store import EmbeddedStore
 from openplace.services import Services
 
+if TYPE_CHECKING:
+    from openplace.realtime.hub import Hub
+
 
 def build(settings: Settings, roles: Collection[str]) -> Services:
     """Every role on one :class:`EmbeddedStore` in ``OPENPLACE_DATA_DIR``."""
     path, geometry = database_path(settings), Geometry(settings.width, settings.height)
-    store = EmbeddedStore(
-        path, geometry, settings.cooldown_seconds, snapshot_every=settings.snapshot_every
-    )
-    archive = SqliteArchive(path, geometry)
     moderation = SqliteModeration(path, create=True)
+    store = EmbeddedStore(
+        path, geometry, settings.cooldown_seconds, snapshot_every=settings.snapshot_every,
+        cooldown_by=settings.cooldown_by,
+        sessions=SessionQuota(settings.sessions_per_ip_per_minute,
+                              settings.sessions_per_address_per_day),
+        policy_source=moderation.policy,
+    )  # fmt: skip
+    archive = SqliteArchive(path, geometry)
+
+    def follow_policy(hub: Hub) -> list[asyncio.Task[None]]:
+        hub.set_policy(store.policy.version, store.policy.public())
+        store.policy_listeners.append(lambda p: hub.set_policy(p.version, p.public()))
+        return []
+
     return Services(store=store, feed=store, archive=archive, moderation=moderation,
-                    resources=[store, archive, moderation])  # fmt: skip
+                    resources=[moderation, store, archive], background=follow_policy)  # fmt: skip
 
 
 def database_path(settings: Settings) -> Path:

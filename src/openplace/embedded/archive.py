@@ -14,6 +14,8 @@ import numpy as np
 
 from openplace.core.board import Geometry
 from openplace.core.placement import PixelInfo
+from openplace.core.policy import Rect
+from openplace.core.rollback import PixelFacts, undo_changes, undone
 from openplace.core.timeline import LogSlice, decode_keyframe
 from openplace.embedded.sqlite_thread import SqliteThread
 
@@ -106,3 +108,41 @@ class SqliteArchive:
             ).fetchall()
         )
         return [PixelInfo(index, int(c), str(u), float(t), int(s)) for s, c, u, t in rows]
+
+    async def undo_plan(
+        self, users: list[str], after: int, rect: Rect | None
+    ) -> tuple[int, list[tuple[int, int]], int]:
+        targets = frozenset(users)
+        geometry = self.geometry
+
+        def plan(db: sqlite3.Connection) -> tuple[int, list[tuple[int, int]], int]:
+            db.execute("BEGIN")  # one snapshot of the log (WAL)
+            try:
+                head = int(db.execute("SELECT max(seq) FROM placements").fetchone()[0] or 0)
+                touched: dict[int, int] = {}
+                for user in targets:
+                    for (index,) in db.execute(
+                        "SELECT idx FROM placements WHERE user_id = ? AND seq > ? AND seq <= ?",
+                        (user, after, head),
+                    ):
+                        if rect is None or rect.contains(*geometry.xy(index)):
+                            touched[index] = touched.get(index, 0) + 1
+                facts = []
+                for index in touched:
+                    rows = db.execute(
+                        "SELECT seq, color, user_id FROM placements WHERE idx = ? AND seq <= ? "
+                        "ORDER BY seq DESC",
+                        (index, head),
+                    )
+                    newest = next(rows)
+                    restore = next(
+                        (c for s, c, u in rows if not undone(u, s, targets, after)), None
+                    )
+                    if not undone(newest[2], newest[0], targets, after):
+                        restore = newest[1]
+                    facts.append(PixelFacts(index, newest[0], newest[1], newest[2], restore))
+            finally:
+                db.execute("COMMIT")
+            return head, undo_changes(facts, targets, after), sum(touched.values())
+
+        return await self._run(plan)

@@ -19,10 +19,12 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import (
@@ -30,10 +32,14 @@ from openplace.core.placement import (
     CooldownActive,
     PixelInfo,
     Placement,
+    PlacementRefused,
+    Run,
     StoreUnavailable,
     UserState,
     next_allowed,
 )
+from openplace.core.policy import Policy, client_key
+from openplace.core.quota import SessionQuota
 from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
 from openplace.embedded.archive import SqliteArchive
@@ -84,6 +90,34 @@ MIGRATIONS: list[str] = [
         effect TEXT NOT NULL
     );
     """,
+    # 4: moderation's policy (bans, protected areas, the frozen flag, its version), the
+    # address each session was made from, and placements by user (for rollbacks).
+    """
+    CREATE TABLE IF NOT EXISTS policy (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT OR IGNORE INTO policy VALUES ('version', 0), ('frozen', 0);
+    CREATE TABLE IF NOT EXISTS bans (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        by TEXT NOT NULL,
+        at REAL NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (kind, subject)
+    );
+    CREATE TABLE IF NOT EXISTS protected_areas (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL,
+        by TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS sessions (
+        user_id TEXT PRIMARY KEY,
+        addr TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS sessions_by_addr ON sessions (addr);
+    CREATE INDEX IF NOT EXISTS placements_by_user ON placements (user_id, seq);
+    """,
 ]
 
 
@@ -100,12 +134,22 @@ def migrate(db: sqlite3.Connection) -> None:
 
 
 class _Pending:
-    __slots__ = ("future", "placement", "previous")
+    __slots__ = ("address", "future", "placement", "previous", "previous_address")
 
-    def __init__(self, placement: Placement, previous: float | None, future: asyncio.Future[None]):
+    def __init__(
+        self,
+        placement: Placement,
+        future: asyncio.Future[None],
+        previous: float | None = None,
+        address: str | None = None,
+        previous_address: float | None = None,
+    ) -> None:
         self.placement = placement
-        self.previous = previous  # the user's last_placed before this one, for rollback
         self.future = future
+        # The user's and the address's last placement before this one, for rollback.
+        self.previous = previous
+        self.address = address
+        self.previous_address = previous_address
 
 
 class EmbeddedStore:
@@ -118,11 +162,20 @@ class EmbeddedStore:
         cooldown: float,
         *,
         snapshot_every: int = 25_000,
+        cooldown_by: str = "user",
+        sessions: SessionQuota | None = None,
+        policy_source: Callable[[], Awaitable[Policy]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.geometry = geometry
         self.cooldown = cooldown
+        self.by_user = cooldown_by in ("user", "both")
+        self.by_address = cooldown_by in ("address", "both")
+        self.sessions = sessions or SessionQuota(30, 300)
+        self.policy_source = policy_source
+        self._policy = Policy()
+        self.policy_listeners: list[Callable[[Policy], None]] = []
         self.snapshot_every = snapshot_every
         self.clock = clock
         self.board_id = ""
@@ -132,6 +185,10 @@ class EmbeddedStore:
         self._snapshot_seq = 0
         self._snapshotting = False
         self._last_placed: dict[str, float] = {}
+        self._address_placed: dict[str, float] = {}  # client_key -> last placement
+        # The newest seq assigned to each pixel in this process's lifetime (0: none since
+        # it started): a moderator's run leaves out pixels placed on after it was planned.
+        self._pixel_seq = np.zeros(geometry.pixels, dtype=np.int64)
         self._queue: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
@@ -148,6 +205,8 @@ class EmbeddedStore:
         await loop.run_in_executor(self._writer, self._open_writer)
         await loop.run_in_executor(self._reader, self._open_reader)
         self._next_seq = self._head + 1
+        if self.policy_source is not None:
+            self._policy = await self.policy_source()
         self._backfill = asyncio.create_task(self._backfill_keyframes())
         log.info(
             "embedded store open",
@@ -217,20 +276,77 @@ class EmbeddedStore:
 
     # -- placing -------------------------------------------------------------------
 
-    async def place(self, user_id: str, index: int, color: int) -> Placement:
+    async def place(self, user_id: str, index: int, color: int, address: str) -> Placement:
         now = self.clock()
+        if self._policy.version:
+            refusal = self._policy.refusal(user_id, address, *self.geometry.xy(index), now)
+            if refusal is not None:
+                raise PlacementRefused(refusal)
         previous = self._last_placed.get(user_id)
-        if previous is not None and now < previous + self.cooldown:
-            raise CooldownActive(previous + self.cooldown, now)
+        key = client_key(address) if self.by_address else None
+        previous_address = self._address_placed.get(key) if key is not None else None
+        next_at = max(
+            previous + self.cooldown if previous is not None and self.by_user else 0.0,
+            previous_address + self.cooldown if previous_address is not None else 0.0,
+        )
+        if now < next_at:
+            raise CooldownActive(next_at, now)
         placement = Placement(self._next_seq, index, color, user_id, now)
         self._next_seq += 1
         self._last_placed[user_id] = now
+        if key is not None:
+            self._address_placed[key] = now
+        self._pixel_seq[index] = placement.seq
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(placement, previous, future))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
+        self._enqueue(_Pending(placement, future, previous, key, previous_address))
         await future
         return placement
+
+    def _enqueue(self, *pending: _Pending) -> None:
+        self._queue.extend(pending)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def write_run(self, user_id: str, changes: list[tuple[int, int]], after: int) -> Run:
+        now = self.clock()
+        pixel_seq = self._pixel_seq
+        kept = [(i, c) for i, c in changes if pixel_seq[i] <= after]
+        if not kept:
+            return Run(None, 0, len(changes))
+        first = self._next_seq
+        pending = []
+        loop = asyncio.get_running_loop()
+        for offset, (index, color) in enumerate(kept):
+            placement = Placement(first + offset, index, color, user_id, now)
+            pixel_seq[index] = placement.seq
+            pending.append(
+                _Pending(placement, loop.create_future(), self._last_placed.get(user_id))
+            )
+        self._next_seq += len(kept)
+        self._last_placed[user_id] = now
+        self._enqueue(*pending)
+        await asyncio.gather(*(p.future for p in pending))
+        return Run(first, len(kept), len(changes) - len(kept))
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    async def current_policy(self) -> Policy:
+        return self._policy
+
+    async def apply_policy(self, policy: Policy) -> None:
+        if policy.version <= self._policy.version:
+            return
+        self._policy = policy
+        for listener in list(self.policy_listeners):
+            try:
+                listener(policy)
+            except Exception:
+                log.exception("policy listener failed")
+
+    async def admit_session(self, user_id: str, address: str) -> float | None:
+        return self.sessions.admit(client_key(address), self.clock())
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,6 +424,11 @@ class EmbeddedStore:
                 self._last_placed.pop(pl.user_id, None)
             else:
                 self._last_placed[pl.user_id] = p.previous
+            if p.address is not None:
+                if p.previous_address is None:
+                    self._address_placed.pop(p.address, None)
+                else:
+                    self._address_placed[p.address] = p.previous_address
             if not p.future.done():
                 p.future.set_exception(StoreUnavailable(f"placement could not be stored: {exc}"))
         if failed:
@@ -374,12 +495,17 @@ class EmbeddedStore:
         seq, user_id, ts = row[0]
         return PixelInfo(index, color, str(user_id), float(ts), int(seq))
 
-    async def user(self, user_id: str) -> UserState:
+    async def user(self, user_id: str, address: str) -> UserState:
         last = self._last_placed.get(user_id)
         if last is None:
             rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
             last = float(rows[0][0]) if rows else None
-        return UserState(user_id, last, next_allowed(last, self.cooldown, self.clock()))
+        now = self.clock()
+        mine = next_allowed(last, self.cooldown, now) if self.by_user else None
+        by_address = self._address_placed.get(client_key(address)) if self.by_address else None
+        theirs = next_allowed(by_address, self.cooldown, now)
+        waits = [t for t in (mine, theirs) if t is not None]
+        return UserState(user_id, last, max(waits) if waits else None)
 
     async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:

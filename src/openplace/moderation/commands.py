@@ -7,25 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 
 from openplace.auth.moderators import Moderator, ModeratorSigner, check_name
 from openplace.config import Settings
 from openplace.core.audit import AuditEntry
+from openplace.core.timeline import parse_duration
 from openplace.storage.base import Moderation
-
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``12h`` or ``30d``, in seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def moderation_for(settings: Settings) -> Moderation:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from openplace.core.history import History, TooOld
 from openplace.core.wire import RECORD_SIZE, control, split_frames
@@ -83,6 +83,9 @@ class Hub:
         self._unlisten: Callable[[], None] | None = None
         self.online: Callable[[], int] = lambda: len(self.subscribers)
         self.board_id = ""
+        # Moderation's public policy ({"frozen", "protected"}) and its version.
+        self.policy: dict[str, Any] = {"frozen": False, "protected": []}
+        self.policy_version = 0
 
     async def start(self) -> None:
         """Fill the history from the feed and start listening to it."""
@@ -168,6 +171,13 @@ class Hub:
     def broadcast_online(self) -> None:
         self._broadcast(control("online", count=self.online()))
 
+    def set_policy(self, version: int, public: dict[str, Any]) -> None:
+        """A newer policy: every client is told (``{"type": "policy", ...}``)."""
+        if version <= self.policy_version:
+            return
+        self.policy_version, self.policy = version, public
+        self._broadcast(control("policy", **public))
+
     # -- clients -------------------------------------------------------------------
 
     def admit(self, ip: str) -> bool:
@@ -217,6 +227,8 @@ class Hub:
                 return
             self.subscribers.add(sub)
             sub.offer(control("online", count=self.online()))
+            if self.policy["frozen"] or self.policy["protected"]:
+                sub.offer(control("policy", **self.policy))
             return
 
     def detach(self, sub: Sink) -> None:

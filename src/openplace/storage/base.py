@@ -12,7 +12,8 @@ from typing import Protocol
 
 from openplace.core.audit import AuditEntry
 from openplace.core.board import Geometry
-from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, UserState
+from openplace.core.placement import BoardSnapshot, PixelInfo, Placement, Run, UserState
+from openplace.core.policy import Area, Ban, Policy, Rect
 from openplace.core.timeline import LogSlice
 
 # Called with (first_seq, records) for each committed, contiguous run of placements.
@@ -27,17 +28,43 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    async def place(self, user_id: str, index: int, color: int) -> Placement:
-        """Atomically check the cooldown, assign the next seq and make it durable.
+    async def place(self, user_id: str, index: int, color: int, address: str) -> Placement:
+        """Atomically check the policy and the cooldowns (the user's, the address's),
+        assign the next seq and make it durable.
 
-        Returns only once the placement is durable. Raises ``CooldownActive`` (nothing
-        changed) or ``StoreUnavailable`` (nothing changed unless its ``maybe_placed``).
+        Returns only once the placement is durable. Raises ``PlacementRefused`` or
+        ``CooldownActive`` (nothing changed) or ``StoreUnavailable`` (nothing changed
+        unless its ``maybe_placed``).
         """
+        ...
+
+    async def write_run(self, user_id: str, changes: list[tuple[int, int]], after: int) -> Run:
+        """A moderator's placements ``(index, color)``, as one contiguous run of seqs, with
+        no cooldown or policy check; a change to a pixel that anyone placed on after seq
+        ``after`` is left out. Returns once the run is durable."""
+        ...
+
+    async def apply_policy(self, policy: Policy) -> None:
+        """Refuse placements by ``policy`` (or a newer one) from now on, in every process."""
+        ...
+
+    @property
+    def policy(self) -> Policy:
+        """The policy this process holds now (in distributed mode, up to a second old)."""
+        ...
+
+    async def current_policy(self) -> Policy:
+        """The policy in force now, in every process (checked against Redis)."""
+        ...
+
+    async def admit_session(self, user_id: str, address: str) -> float | None:
+        """Count a new session from ``address`` against the per-address caps: ``None``
+        if admitted, else the seconds until one would be."""
         ...
 
     async def board(self) -> BoardSnapshot: ...
     async def pixel(self, index: int) -> PixelInfo: ...
-    async def user(self, user_id: str) -> UserState: ...
+    async def user(self, user_id: str, address: str) -> UserState: ...
 
 
 class Feed(Protocol):
@@ -100,10 +127,20 @@ class Archive(Protocol):
         """The newest ``limit`` placements on pixel ``index``, newest first."""
         ...
 
+    async def undo_plan(
+        self, users: list[str], after: int, rect: Rect | None
+    ) -> tuple[int, list[tuple[int, int]], int]:
+        """What undoing ``users``' placements after seq ``after`` (inside ``rect``) takes:
+        ``(head, changes, undone)``, the changes ``(index, color)`` that make the board
+        as of the committed ``head`` what it would be without those placements, and how
+        many placements they undo. Read in one consistent view of the log."""
+        ...
+
 
 class Moderation(Protocol):
-    """What moderation keeps durably: revoked moderators and the audit log. Read on
-    every admin request, by every process (no cache: admin requests are few)."""
+    """What moderation keeps durably: revoked moderators, the audit log, the policy
+    (bans, protected areas, the frozen flag) and the sessions' addresses. Each change of
+    the policy increments its version in the same transaction."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -122,4 +159,30 @@ class Moderation(Protocol):
 
     async def audit(self, before: int | None, limit: int) -> list[AuditEntry]:
         """The newest ``limit`` entries with an id below ``before``, newest first."""
+        ...
+
+    async def policy(self) -> Policy:
+        """The current policy: version, frozen flag, protected areas, unexpired bans."""
+        ...
+
+    async def ban(self, ban: Ban) -> Policy:
+        """Ban (or re-ban, replacing reason and expiry) a user or a network."""
+        ...
+
+    async def unban(self, kind: str, subject: str) -> tuple[bool, Policy]:
+        """Lift a ban; ``False`` if there was none."""
+        ...
+
+    async def protect(self, rect: Rect, by: str, at: float) -> tuple[Area, Policy]: ...
+
+    async def unprotect(self, area_id: int) -> tuple[bool, Policy]: ...
+
+    async def freeze(self, frozen: bool) -> Policy: ...
+
+    async def record_session(self, user_id: str, address: str, at: float) -> None:
+        """Remember the address a session was made from (rollbacks by address)."""
+        ...
+
+    async def session_users(self, network: str) -> list[str]:
+        """The users whose sessions were made from an address in ``network`` (CIDR)."""
         ...
