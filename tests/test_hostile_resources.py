@@ -46,6 +46,7 @@ class ServerProcess:
             "OPENPLACE_SECRET": "test-secret",
             "OPENPLACE_WIDTH": "100",
             "OPENPLACE_HEIGHT": "80",
+            "OPENPLACE_COOLDOWN_BY": "user",  # many clients share 127.0.0.1
             **env,
         }
         self.proc = subprocess.Popen(

@@ -238,6 +238,27 @@ async def test_cooldown_is_atomic_across_stores(make_backend: MakeBackend) -> No
     assert (await stores[0].board()).seq == 1
 
 
+async def test_a_moderators_run_is_contiguous_and_leaves_what_was_placed_after_its_plan(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend(cooldown=0)
+    store = await backend.store()
+    for k in range(8):
+        await store.place(f"u{k}", k, 1, "127.0.0.1")
+    planned_at = (await store.board()).seq
+    later = await store.place("late", 3, 9, "127.0.0.1")  # after the plan, before the run
+    run = await store.write_run("mod:mia", [(i, 5) for i in range(6)], planned_at)
+    assert (run.first, run.count, run.skipped) == (later.seq + 1, 5, 1)
+    board = Board(GEOMETRY, (await store.board()).data)
+    assert [board.get(i) for i in range(8)] == [5, 5, 5, 9, 5, 5, 1, 1]
+    # durable when answered, and in the log as the moderator's, seq after seq
+    archive = await backend.archive()
+    log = await archive.log(later.seq, later.seq + 5)
+    assert [int(i) for i in log.indexes] == [0, 1, 2, 4, 5]
+    assert (await archive.pixel_history(5, 1))[0].user_id == "mod:mia"
+    assert (await store.write_run("mod:mia", [], planned_at)).first is None
+
+
 async def test_acknowledged_means_durable(make_backend: MakeBackend) -> None:
     backend = await make_backend()
     store = await backend.store()
