@@ -9,6 +9,7 @@ import { View } from "./view.js";
 const $ = (id) => document.getElementById(id);
 const COLOR_KEY = "openplace.color";
 const HINT_KEY = "openplace.hinted";
+const MODERATOR_KEY = "openplace.moderator";
 
 const api = new Api();
 let board = null;
@@ -22,6 +23,10 @@ let placing = false;
 let hist = null; // history mode (history.js)
 let openAtSeq = null; // a #seq=N the page was opened with, entered once the board is here
 const awaiting = new Map(); // index -> seq of our placement not yet seen on the stream
+let policy = { frozen: false, protected: [] }; // the moderators' (GET /api/policy, the stream)
+let policyVersion = 0; // bumped by every policy learnt, so an older answer cannot undo a newer one
+let moderator = null; // moderator.js's hooks, on a moderator's page once it is loaded
+let shownUser = null; // the user id the pixel panel shows as having placed the pixel
 
 // -- small UI helpers -------------------------------------------------------------
 
@@ -99,7 +104,7 @@ function setInspect(on) {
 
 function updatePreview() {
   if (!view) return;
-  view.preview = !inspectMode && isReady() && !inHistory() ? selected : null;
+  view.preview = !inspectMode && isReady() && !inHistory() && !policy.frozen ? selected : null;
   view.requestDraw();
 }
 
@@ -123,6 +128,10 @@ function renderCooldown() {
   if (placing) {
     el.dataset.state = "placing";
     $("cooldown-text").textContent = "Placing…";
+  } else if (policy.frozen) {
+    el.dataset.state = "frozen";
+    $("cooldown-text").textContent = "Frozen";
+    el.title = "The canvas is frozen: nobody can place pixels right now";
   } else if (left > 0) {
     el.dataset.state = "cooling";
     $("cooldown-text").textContent = mmss(left);
@@ -149,6 +158,10 @@ async function place(x, y) {
   }
   if (inspectMode) return inspect(x, y);
   if (placing) return;
+  if (policy.frozen) {
+    toast(FROZEN_MESSAGE, "error", 4000);
+    return;
+  }
   if (!isReady()) {
     toast(`Hang on — you can place again in ${mmss(cooldownUntil - performance.now())}`);
     const el = $("cooldown");
@@ -176,6 +189,13 @@ async function place(x, y) {
       const retry = Number(err.body.retry_after);
       setCooldown(Number.isFinite(retry) ? retry * 1000 : api.msUntil(err.body.next_at));
       toast(`Not yet — you can place again in ${mmss(cooldownUntil - performance.now())}`);
+    } else if (err instanceof ApiError && err.status === 403 && err.code === "frozen") {
+      applyPolicy({ ...policy, frozen: true });
+      toast(FROZEN_MESSAGE, "error", 4000);
+    } else if (err instanceof ApiError && err.status === 403 && err.code === "banned") {
+      toast(bannedMessage(err.body), "error", 8000);
+    } else if (err instanceof ApiError && err.status === 403 && err.code === "protected") {
+      toast("This area is protected — pixels can't be placed here", "error", 4000);
     } else if (err instanceof ApiError) {
       toast(`Couldn't place the pixel: ${err.message}`, "error", 4000);
     } else {
@@ -188,6 +208,13 @@ async function place(x, y) {
   }
 }
 
+function bannedMessage({ reason, expires_at: until }) {
+  let text = "You are banned from placing pixels";
+  if (reason) text += `: ${reason}`;
+  if (until) text += ` (until ${new Date(until).toLocaleString()})`;
+  return text;
+}
+
 /** Our optimistic pixels whose placement the stream has now delivered. */
 function confirmUpTo(seq) {
   for (const [index, s] of awaiting) {
@@ -198,11 +225,41 @@ function confirmUpTo(seq) {
   }
 }
 
+// -- the moderators' policy -------------------------------------------------------
+
+const FROZEN_MESSAGE = "The canvas is frozen — nobody can place pixels right now";
+
+/** Show `{frozen, protected}`: the frozen banner, placing off or on, the protected areas. */
+function applyPolicy(next) {
+  policyVersion++;
+  const thawed = policy.frozen && next.frozen !== true;
+  policy = { frozen: next.frozen === true, protected: next.protected || [] };
+  if (thawed) toast("The canvas is open again — you can place pixels");
+  $("frozen").hidden = !policy.frozen;
+  document.body.classList.toggle("frozen", policy.frozen);
+  view.areas = policy.protected;
+  renderCooldown();
+  updatePreview();
+}
+
+/** Ask the server for the policy (at start and after a reconnect, when changes were missed). */
+function fetchPolicy() {
+  const asked = policyVersion;
+  api
+    .policy()
+    .then((p) => {
+      if (policyVersion === asked) applyPolicy(p); // else the stream told us something newer
+    })
+    .catch((err) => console.warn("openplace: /api/policy failed", err));
+}
+
 // -- pixel info -------------------------------------------------------------------
 
 let inspectToken = 0;
 
 function showPlacedBy(userId, placedAt) {
+  shownUser = userId || null;
+  if (moderator) moderator.showUser(shownUser);
   const user = $("info-user");
   if (!userId) {
     user.textContent = "Nobody yet";
@@ -267,6 +324,8 @@ async function inspect(x, y) {
   $("info-coords").textContent = at === null ? `(${x}, ${y})` : `(${x}, ${y}) at #${at}`;
   $("info-swatch").style.setProperty("--c", board.palette[view.board.get(x, y)]);
   $("info-user").textContent = "…";
+  shownUser = null;
+  if (moderator) moderator.showUser(null);
   $("info-when").textContent = "…";
   $("info-when").title = "";
   $("info-history").replaceChildren();
@@ -325,6 +384,11 @@ function parseHash() {
 
 /** The hash changed (a link was followed): go to its view and moment. */
 function hashChanged() {
+  if (location.hash.startsWith("#moderator=")) {
+    takeModeratorToken();
+    loadModerator();
+    return;
+  }
   applyHash();
   const { seq } = parseHash();
   if (seq !== null) hist.enter(seq);
@@ -395,6 +459,35 @@ function renderStatus(state, detail) {
 
 function renderOnline(n) {
   $("online").textContent = `${n} online`;
+}
+
+// -- the moderator's page ---------------------------------------------------------
+
+/** `#moderator=<token>`: keep the token and take it out of the address bar at once. */
+function takeModeratorToken() {
+  const prefix = "#moderator=";
+  if (!location.hash.startsWith(prefix)) return;
+  const raw = location.hash.slice(prefix.length);
+  history.replaceState(null, "", location.pathname + location.search);
+  try {
+    const token = decodeURIComponent(raw);
+    if (token) localStorage.setItem(MODERATOR_KEY, token);
+  } catch {
+    /* a mangled link, or private mode: no moderator view */
+  }
+}
+
+/** Only a page holding a moderator token loads moderator.js. */
+function loadModerator() {
+  if (!localStorage.getItem(MODERATOR_KEY)) return;
+  // import(), not a <script>: the page's CSP requires Trusted Types for script URLs.
+  import("./moderator.js")
+    .then((m) => m.start({ key: MODERATOR_KEY, toast }))
+    .then((hooks) => {
+      moderator = hooks;
+      if (moderator && !$("info").hidden) moderator.showUser(shownUser);
+    })
+    .catch((err) => console.warn("openplace: moderator.js failed", err));
 }
 
 // -- start ------------------------------------------------------------------------
@@ -532,7 +625,10 @@ async function main() {
   renderZoom();
   bindControls();
   updatePreview();
+  fetchPolicy(); // the stream tells changes; this covers the page loading before it connects
+  loadModerator();
 
+  let everLive = false;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   stream = new LiveStream({
     url: (since, boardId) =>
@@ -555,8 +651,14 @@ async function main() {
       confirmUpTo(seq);
       hist.headChanged();
     },
-    onStatus: renderStatus,
+    onStatus: (state, detail) => {
+      // Back after a break: the policy may have changed meanwhile.
+      if (state === "live" && everLive) fetchPolicy();
+      everLive ||= state === "live";
+      renderStatus(state, detail);
+    },
     onOnline: renderOnline,
+    onPolicy: applyPolicy,
   });
   stream.start();
 
@@ -615,10 +717,14 @@ async function main() {
       };
     },
     clientOf: (x, y) => view.clientOf(x, y),
+    get policy() {
+      return { frozen: policy.frozen, protected: policy.protected.map((a) => ({ ...a })) };
+    },
   });
 }
 
 // Keep iOS Safari from zooming the whole page on a pinch.
 document.addEventListener("gesturestart", (e) => e.preventDefault());
 
+takeModeratorToken();
 main();

@@ -127,6 +127,11 @@ export class Api {
   pixelHistory(x, y, limit = 20) {
     return this.request("GET", `/api/pixel/history?x=${x}&y=${y}&limit=${limit}`);
   }
+
+  /** `{frozen, protected: [{id, x, y, w, h}]}`: whether and where placing is closed. */
+  policy() {
+    return this.request("GET", "/api/policy");
+  }
 }
 
 const PING_EVERY = 25_000;
@@ -145,16 +150,19 @@ const CLOSE_TOO_SLOW = 4008;
  * boardId)` gives the websocket address. `apply(index,
  * color)` is called for every placement after that seq, exactly once and in
  * order. `onStatus(state, detail)` reports "connecting", "syncing", "live" and
- * "reconnecting" (detail: {retryAt}); `onOnline(n)` the number of people online.
+ * "reconnecting" (detail: {retryAt}); `onOnline(n)` the number of people online;
+ * `onPolicy({frozen, protected})` the moderators' policy whenever it changes (and on
+ * connect when the canvas is frozen or has protected areas).
  */
 export class LiveStream {
-  constructor({ url, loadBoard, apply, onStatus, onOnline, onSeq }) {
+  constructor({ url, loadBoard, apply, onStatus, onOnline, onSeq, onPolicy }) {
     this.url = url;
     this.loadBoard = loadBoard;
     this.apply = apply;
     this.onStatus = onStatus || (() => {});
     this.onOnline = onOnline || (() => {});
     this.onSeq = onSeq || (() => {});
+    this.onPolicy = onPolicy || (() => {});
     this.lastSeq = -1;
     this.boardId = null;
     this.needBoard = true;
@@ -330,6 +338,9 @@ export class LiveStream {
         }
         break;
       }
+      case "policy":
+        this.onPolicy({ frozen: msg.frozen === true, protected: msg.protected || [] });
+        break;
       case "pong":
         break;
       case "error":

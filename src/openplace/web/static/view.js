@@ -26,6 +26,7 @@ export class View {
     this.preview = null; // colour to preview under the mouse, or null
     this.marked = null; // {x, y} highlighted (inspected pixel)
     this.overlay = null; // an image the size of the board drawn over it (heatmap), or null
+    this.areas = []; // protected rectangles [{x, y, w, h}] outlined over the board
     this.pointers = new Map();
     this.gesture = null;
     this.frame = 0;
@@ -148,11 +149,32 @@ export class View {
       ctx.globalAlpha = 1;
     }
     ctx.setTransform(1, 0, 0, 1, 0, 0);
+    if (this.areas.length) this.drawAreas();
     if (this.marked) this.outline(this.marked.x, this.marked.y, "#2563eb", null);
     if (this.hover && z >= 3) {
       const fill = this.preview === null ? null : board.palette[this.preview];
       this.outline(this.hover.x, this.hover.y, "rgba(17, 24, 39, 0.85)", fill);
     }
+  }
+
+  /** A thin dashed outline, white and dark in turn (seen on any colour), around each area. */
+  drawAreas() {
+    const { ctx, dpr } = this;
+    const dash = 5 * dpr;
+    ctx.save();
+    ctx.lineWidth = Math.round(1.5 * dpr);
+    ctx.setLineDash([dash, dash]);
+    for (const a of this.areas) {
+      const p = this.toScreen(a.x, a.y);
+      const rect = [p.x * dpr, p.y * dpr, a.w * this.z * dpr, a.h * this.z * dpr].map(Math.round);
+      ctx.lineDashOffset = 0;
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.95)";
+      ctx.strokeRect(...rect);
+      ctx.lineDashOffset = dash;
+      ctx.strokeStyle = "rgba(17, 24, 39, 0.9)";
+      ctx.strokeRect(...rect);
+    }
+    ctx.restore();
   }
 
   outline(x, y, stroke, fill) {
