@@ -208,6 +208,9 @@ def history_rows(mode: str, h: dict[str, Any] | None) -> list[Row]:
             "MiB", None, False),
         Row("log on disk per 1M placements (with indexes)", mode, build["log_bytes"] * per_m,
             "MiB", None, False),
+        Row(f"rollback of {h['rollback']['placements_undone']:,.0f} placements "
+            f"({n / 1e6:g}M history, admin API)", mode, h["rollback"]["seconds"], "s", 1.0,
+            False),
         Row("timelapse frames/s at 1000x1000 (.mp4)", mode, video["frames_per_s"], "/s", 60),
         Row(f"timelapse {video['video_s']:g} s video ({video['frames']:,} frames) of "
             f"{video['placements'] / 1e6:g}M", mode, video["render_s"], "s",

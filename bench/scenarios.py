@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -608,12 +609,14 @@ def build_embedded_history(h: SynthHistory, data_dir: Path, say: Say) -> dict[st
 
     asyncio.run(create())
     db = sqlite3.connect(path, isolation_level=None)
-    index_sql = db.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'placements_by_pixel'"
-    ).fetchone()[0]
+    indexes = [sql for (sql,) in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND name IN "
+        "('placements_by_pixel', 'placements_by_user')"
+    )]  # fmt: skip
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
     db.execute("DROP INDEX placements_by_pixel")
+    db.execute("DROP INDEX placements_by_user")
     frames = history_keyframes(h)
     step = max(BATCH, h.n // 20)
     for start in range(0, h.n, step):
@@ -633,8 +636,9 @@ def build_embedded_history(h: SynthHistory, data_dir: Path, say: Say) -> dict[st
                 break
         db.execute("COMMIT")
         say(f"history: SQLite {stop:,} / {h.n:,} placements ({time.perf_counter() - t0:.0f} s)")
-    say("history: SQLite indexing the log by pixel")
-    db.execute(index_sql)
+    say("history: SQLite indexing the log by pixel and by user")
+    for index_sql in indexes:
+        db.execute(index_sql)
     _, users = _pixels_and_users(h)
     db.executemany(
         "INSERT INTO users VALUES (?, ?)",
@@ -656,7 +660,7 @@ def _sqlite_sizes(db: Any) -> dict[str, Any]:
 
     return {
         "keyframes_bytes": pages("snapshots"),
-        "log_bytes": pages("placements", "placements_by_pixel"),
+        "log_bytes": pages("placements", "placements_by_pixel", "placements_by_user"),
         "log_table_bytes": pages("placements"),
         "keyframes": int(db.execute("SELECT count(*) FROM snapshots").fetchone()[0]),
     }
@@ -682,7 +686,7 @@ async def build_postgres_history(h: SynthHistory, url: str, say: Say) -> dict[st
         await set_meta(conn, "size", "1000x1000")
         await set_meta(conn, "epoch", "1")
         await conn.execute("SET synchronous_commit = off; SET maintenance_work_mem = '256MB'")
-        await conn.execute("DROP INDEX placements_by_pixel")
+        await conn.execute("DROP INDEX placements_by_pixel; DROP INDEX placements_by_user")
         frames = history_keyframes(h)
         step = max(BATCH, h.n // 20)
         for start in range(0, h.n, step):
@@ -706,8 +710,9 @@ async def build_postgres_history(h: SynthHistory, url: str, say: Say) -> dict[st
                 f"history: PostgreSQL {stop:,} / {h.n:,} placements "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
-        say("history: PostgreSQL indexing the log by pixel")
+        say("history: PostgreSQL indexing the log by pixel and by user")
         await conn.execute("CREATE INDEX placements_by_pixel ON placements (idx, seq)")
+        await conn.execute("CREATE INDEX placements_by_user ON placements (user_id, seq)")
         pixels, users = _pixels_and_users(h)
 
         def when(s: int) -> datetime:
@@ -830,6 +835,32 @@ def timelapse(archive: Any, n: int, frames: int, fps: int = 30) -> dict[str, Any
     }
 
 
+ROLLBACK_PLACEMENTS = 10_000
+
+
+def rollback(url: str, h: SynthHistory, run: int) -> dict[str, Any]:
+    """``POST /api/admin/rollback`` of every placement of as many users of the synthetic
+    history as made 10,000 placements (5 users of a 10M history, 2,000 each, spread over
+    the whole of it; another set of users each run), as a moderator sends it: the whole
+    request, from the plan to the durable answer."""
+    from openplace.auth.moderators import Moderator, ModeratorSigner
+
+    k = min(HISTORY_USERS, -(-ROLLBACK_PLACEMENTS // max(1, h.n // HISTORY_USERS)))
+    users = [f"u{(k * run + j) % HISTORY_USERS}" for j in range(k)]
+    token = ModeratorSigner(SECRET).issue(Moderator("bench", time.time(), None))
+    body = json.dumps({"users": users, "since": "2023-01-01T00:00:00Z"}).encode()
+    request = urllib.request.Request(
+        url + "/api/admin/rollback", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        effect = json.loads(answer.read())
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "placements_undone": effect["placements_undone"],
+            "pixels_changed": effect["pixels_changed"], "users": k}  # fmt: skip
+
+
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages: other work shares this machine's cores."""
     return [round(x, 2) for x in os.getloadavg()]
@@ -854,6 +885,8 @@ def history_embedded(
             out["past_board"] = median_of(
                 [past_boards(stack.url, h, requests, seed=run) for run in range(runs)]
             )
+            say("history: embedded rollbacks of 10,000 placements")
+            out["rollback"] = median_of([rollback(stack.url, h, run) for run in range(runs)])
         finally:
             stack.stop()
         say(f"history: embedded timelapse, {video_frames} frames of {video_n:,} placements")
@@ -900,6 +933,10 @@ def history_distributed(
                 raise RuntimeError(f"the cluster serves seq {head}, the history holds {h.n}")
             out["past_board"] = median_of(
                 [past_boards(stack.api_urls[0], h, requests, seed=run) for run in range(runs)]
+            )
+            say("history: distributed rollbacks of 10,000 placements")
+            out["rollback"] = median_of(
+                [rollback(stack.api_urls[0], h, run) for run in range(runs)]
             )
         finally:
             stack.stop()

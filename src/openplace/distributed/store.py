@@ -397,7 +397,8 @@ class DistributedStore:
     async def _reload_policy(self) -> None:
         """Read the policy from PostgreSQL and put it in force in Redis (Redis may have
         lost it, or a moderator changed it in another process). One at a time."""
-        assert self.policy_source is not None
+        if self.policy_source is None:
+            raise StoreUnavailable("this store has no policy source, and Redis holds a policy")
         async with self._policy_lock:
             for _ in range(10):
                 with _outage():
