@@ -53,6 +53,21 @@ _FROM = _query("from", _SEQ_SCHEMA, "first seq (default 1)")
 _TO = _query("to", _SEQ_SCHEMA, "last seq (default: the newest; below from: none)")
 _BEFORE = _query("before", {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}, "ids below")
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "default 50")
+_AUDIT_ID = {"type": "integer", "minimum": 1}
+_SEQ_OR_NONE = {"type": "integer", "minimum": 1, "nullable": True}
+# What an action that writes pixels did: seqs first..last, by mod:<name>.
+_RUN = {
+    "audit_id": _AUDIT_ID,
+    "first_seq": _SEQ_OR_NONE,
+    "last_seq": _SEQ_OR_NONE,
+    "pixels_changed": {"type": "integer", "minimum": 0},
+    "pixels_left": {"type": "integer", "minimum": 0, "description": "placed on meanwhile"},
+}
+_RECT = {"$ref": "#/components/schemas/Rect"}
+_AREA = {"$ref": "#/components/schemas/Area"}
+_USER = {"type": "string", "minLength": 1, "maxLength": 64}
+_NETWORK = {"type": "string", "description": "an IP address or a CIDR network"}
+_DURATION = {"type": "string", "pattern": "^[0-9]+[smhd]$", "description": "e.g. 1h, 30d"}
 _PNG = {
     "description": "A PNG",
     "headers": {"X-Seq": {"required": True, "schema": {"type": "integer"}}},
@@ -92,6 +107,51 @@ def _responses(**codes: dict[str, Any]) -> dict[str, Any]:
     out = {"400": _error("Bad request"), **_SERVER}
     out.update({code.lstrip("_"): r for code, r in codes.items()})
     return dict(sorted(out.items()))
+
+
+_MODERATOR_ONLY = {
+    "_401": _error("No moderator token, or a bad, expired or revoked one"),
+    "_403": _error("A user's token"),
+}
+
+
+def _admin_post(
+    operation_id: str, summary: str, request: str | None, answer: str, writes: bool = False
+) -> dict[str, Any]:
+    """An admin action: a JSON object in (``request``; ``None``: an empty one, which may
+    be left out), ``answer`` out, recorded in the audit log. ``writes``: it writes pixels
+    (rollback, fill), within ``OPENPLACE_ADMIN_MAX_PIXELS``."""
+    codes = {
+        "_200": _json(answer, "Done, and recorded in the audit log"),
+        "_400": _error(
+            "Bad JSON, unknown or bad fields (bad_request), a rectangle not inside the "
+            "board (bad_rect), a bad colour (bad_color)"
+        ),
+        **_MODERATOR_ONLY,
+        "_413": _error("Body over 64 KiB (body_too_large)"),
+    }
+    if writes:
+        codes["_413"] = _error(
+            "Body over 64 KiB (body_too_large), or the action would write more pixels "
+            "than OPENPLACE_ADMIN_MAX_PIXELS (too_many_pixels); nothing changed"
+        )
+        codes["_503"] = _error("The canvas is too busy to plan this now; nothing changed", True)
+    return {
+        "post": {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": _AUTH,
+            "requestBody": {
+                "required": request is not None,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{request or 'Empty'}"}
+                    }
+                },
+            },
+            "responses": _responses(**codes),
+        }
+    }
 
 
 def _session_links() -> dict[str, Any]:
@@ -136,7 +196,13 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     "summary": "Create an anonymous identity (rate-limited per IP)",
                     "responses": _responses(
                         _201={**_json("Session", "Created"), "links": _session_links()},
-                        _429=_error("Too many sessions or connections from this address", True),
+                        _403=_error("This address is banned (banned; reason, expires_at)"),
+                        _429=_error(
+                            "Too many sessions from this address this minute or day "
+                            "(rate_limited), or too many connections",
+                            True,
+                        ),
+                        _503=unavailable,
                     ),
                 }
             },
@@ -281,6 +347,11 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         },
                         _400=_error("Bad coordinates, colour, body or Authorization header"),
                         _401=_error("Missing or invalid token"),
+                        _403=_error(
+                            "Refused by the moderators: the canvas is frozen (frozen), the "
+                            "user or address is banned (banned; reason, expires_at), or the "
+                            "pixel is in a protected area (protected)"
+                        ),
                         _413=_error("Body too large"),
                         _429=_error(
                             "Cooldown (retry_after, next_at), or too many connections", True
@@ -342,6 +413,64 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     ),
                 }
             },
+            "/api/admin/bans": {
+                "get": {
+                    "operationId": "getBans",
+                    "summary": "The bans in force (not expired)",
+                    "security": _AUTH,
+                    "responses": _responses(_200=_json("Bans", "OK"), **_MODERATOR_ONLY),
+                }
+            },
+            "/api/admin/ban": _admin_post(
+                "ban",
+                "Ban a user (placing) or a network (placing and new sessions)",
+                "BanRequest",
+                "Banned",
+            ),
+            "/api/admin/unban": _admin_post(
+                "unban", "Lift a user's or a network's ban", "UnbanRequest", "Removed"
+            ),
+            "/api/admin/rollback": _admin_post(
+                "rollback",
+                "Undo users' or a network's placements since a time, as placements by mod:<name>",
+                "RollbackRequest",
+                "RolledBack",
+                writes=True,
+            ),
+            "/api/admin/fill": _admin_post(
+                "fill",
+                "Set a rectangle to one colour (default 0: clear it), as placements by mod:<name>",
+                "FillRequest",
+                "Filled",
+                writes=True,
+            ),
+            "/api/admin/protect": _admin_post(
+                "protect", "Refuse placements inside a rectangle", "ProtectRequest", "Protected"
+            ),
+            "/api/admin/unprotect": _admin_post(
+                "unprotect", "Lift a protected area", "UnprotectRequest", "Removed"
+            ),
+            "/api/admin/freeze": _admin_post("freeze", "Make the canvas read-only", None, "Frozen"),
+            "/api/admin/unfreeze": _admin_post(
+                "unfreeze", "Let placements in again", None, "Frozen"
+            ),
+            "/api/policy": {
+                "get": {
+                    "operationId": "getPolicy",
+                    "summary": "Whether the canvas is frozen, and its protected areas",
+                    "responses": _responses(
+                        _200={
+                            **_json("Policy", "OK"),
+                            "headers": {
+                                "Cache-Control": {
+                                    "required": True,
+                                    "schema": {"type": "string", "enum": ["no-cache"]},
+                                },
+                            },
+                        }
+                    ),
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "getHealth",
@@ -364,6 +493,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "retry_after": {"type": "number", "minimum": 0},
                         "next_at": {"type": "string", "format": "date-time"},
+                        "reason": {"type": "string"},
+                        "expires_at": _TS,
                     },
                     required=["error", "message"],
                 ),
@@ -449,6 +580,101 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "next_before": {"type": "integer", "minimum": 1, "nullable": True},
                     }
                 ),
+                "Rect": _object(
+                    {
+                        "x": {"type": "integer", "minimum": 0, "maximum": x_max},
+                        "y": {"type": "integer", "minimum": 0, "maximum": y_max},
+                        "w": {"type": "integer", "minimum": 1, "maximum": settings.width},
+                        "h": {"type": "integer", "minimum": 1, "maximum": settings.height},
+                    }
+                ),
+                "Area": _object(
+                    {
+                        "id": {"type": "integer", "minimum": 1},
+                        "x": {"type": "integer", "minimum": 0, "maximum": x_max},
+                        "y": {"type": "integer", "minimum": 0, "maximum": y_max},
+                        "w": {"type": "integer", "minimum": 1, "maximum": settings.width},
+                        "h": {"type": "integer", "minimum": 1, "maximum": settings.height},
+                    }
+                ),
+                "Ban": _object(
+                    {
+                        "kind": {"type": "string", "enum": ["user", "network"]},
+                        "subject": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "by": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "expires_at": _TS,
+                    }
+                ),
+                "Policy": _object(
+                    {"frozen": {"type": "boolean"}, "protected": {"type": "array", "items": _AREA}}
+                ),
+                "Empty": _object({}),
+                "BanRequest": {
+                    **_object(
+                        {
+                            "user": _USER,
+                            "network": _NETWORK,
+                            "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "expires_in": {**_DURATION, "nullable": True},
+                        },
+                        required=["reason"],
+                    ),
+                    "oneOf": [{"required": ["user"]}, {"required": ["network"]}],
+                },
+                "UnbanRequest": {
+                    **_object({"user": _USER, "network": _NETWORK}, required=[]),
+                    "oneOf": [{"required": ["user"]}, {"required": ["network"]}],
+                },
+                "RollbackRequest": {
+                    **_object(
+                        {
+                            "users": {"type": "array", "items": _USER},
+                            "network": {**_NETWORK, "nullable": True},
+                            "since": {
+                                "type": "string",
+                                "description": "an ISO 8601 time, or a duration back from "
+                                "now: 90s, 15m, 1h, 2d",
+                            },
+                            "rect": {**_RECT, "nullable": True},
+                        },
+                        required=["since"],
+                    ),
+                    "anyOf": [
+                        {"required": ["users"], "properties": {"users": {"minItems": 1}}},
+                        {"required": ["network"], "properties": {"network": {"type": "string"}}},
+                    ],
+                },
+                "FillRequest": _object(
+                    {"rect": _RECT, "color": {"type": "integer", "minimum": 0, "maximum": 15}},
+                    required=["rect"],
+                ),
+                "ProtectRequest": _object({"rect": _RECT}),
+                "UnprotectRequest": _object({"id": {"type": "integer"}}),
+                "Banned": _object(
+                    {
+                        "audit_id": _AUDIT_ID,
+                        "ban": {"$ref": "#/components/schemas/Ban"},
+                        "users_banned": {"type": "array", "items": {"type": "string"}},
+                        "networks_banned": {"type": "array", "items": {"type": "string"}},
+                    },
+                    required=["audit_id", "ban"],
+                ),
+                "Removed": _object({"audit_id": _AUDIT_ID, "removed": {"type": "boolean"}}),
+                "Bans": _object(
+                    {"bans": {"type": "array", "items": {"$ref": "#/components/schemas/Ban"}}}
+                ),
+                "RolledBack": _object(
+                    {
+                        **_RUN,
+                        "placements_undone": {"type": "integer", "minimum": 0},
+                        "users": {"type": "integer", "minimum": 0},
+                    }
+                ),
+                "Filled": _object(_RUN),
+                "Protected": _object({"audit_id": _AUDIT_ID, "area": _AREA}),
+                "Frozen": _object({"audit_id": _AUDIT_ID, "frozen": {"type": "boolean"}}),
                 "Health": _object(
                     {
                         "status": {"type": "string", "enum": ["ok"]},
