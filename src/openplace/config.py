@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Self, get_type_hints
 
 ENV_PREFIX = "OPENPLACE_"
-# Variables of the scripts and the test tooling, not of the program.
-# Read by others than Settings: the venv scripts, tests, the admin CLI.
+# Variables of the scripts, the test tooling and the admin CLI, not of the program.
 RESERVED = ("OPENPLACE_VENV", "OPENPLACE_TEST_", "OPENPLACE_ADMIN_URL", "OPENPLACE_ADMIN_TOKEN")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
