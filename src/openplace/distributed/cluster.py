@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,15 +56,23 @@ def wait_http(url: str, timeout: float, check: Callable[[], None] | None = None)
         time.sleep(0.05)
 
 
-def render_nginx(run_dir: Path, listen: str, api: list[int], realtime: list[int]) -> str:
+def _upstream(server: int | str) -> str:
+    """A port means ``127.0.0.1:port``; a string is an address as is (``"10.0.0.5:8000"``)."""
+    return f"127.0.0.1:{server}" if isinstance(server, int) else server
+
+
+def render_nginx(
+    run_dir: Path, listen: str, api: Sequence[int | str], realtime: Sequence[int | str]
+) -> str:
+    """The nginx config; ``api`` and ``realtime`` are ports on 127.0.0.1, or ``host:port``."""
     template = string.Template(TEMPLATE.read_text())
     return template.safe_substitute(
         USER_DIRECTIVE="user root;" if os.geteuid() == 0 else "",
         RUN_DIR=str(run_dir),
         STATIC_DIR=str(STATIC_DIR),
         LISTEN=listen,
-        API_SERVERS=" ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in api),
-        REALTIME_SERVERS=" ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in realtime),
+        API_SERVERS=" ".join(f"server {_upstream(s)} max_fails=0;" for s in api),
+        REALTIME_SERVERS=" ".join(f"server {_upstream(s)} max_fails=0;" for s in realtime),
     )
 
 
