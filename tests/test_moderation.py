@@ -182,8 +182,10 @@ async def test_bans_protected_areas_and_freezing_refuse_placements_in_every_proc
         refused = await place(client, friend, 12, 12, 1)
         assert refused.status_code == 403 and refused.json()["error"] == "protected"
         assert (await place(client, friend, 15, 12, 1)).status_code == 200  # just outside
-        policy = (await client.get("/api/policy")).json()
-        assert policy == {"frozen": False, "protected": [area]}
+        for api in canvas.api_urls:  # at once, from every process
+            async with httpx.AsyncClient(base_url=api, timeout=10) as direct:
+                policy = (await direct.get("/api/policy")).json()
+                assert policy == {"frozen": False, "protected": [area]}
         assert (await act(client, "unprotect", {"id": area["id"]}))["removed"] is True
         assert (await place(client, friend, 12, 12, 1)).status_code == 200
 
@@ -268,6 +270,9 @@ async def test_admin_actions_refuse_bad_input_and_non_moderators(canvas: Canvas)
             ("ban", {"network": "1.2.3.999", "reason": "x"}, "bad_request"),
             ("ban", {"user": "u", "reason": ""}, "bad_request"),
             ("ban", {"user": "u", "reason": "x", "expires_in": "soon"}, "bad_request"),
+            ("ban", {"user": "u", "reason": "x", "expires_in": "4000000d"}, "bad_request"),
+            ("unprotect", {"id": 2**63}, "bad_request"),
+            ("unprotect", {"id": 0}, "bad_request"),
             ("rollback", {"since": "1h"}, "bad_request"),
             ("rollback", {"users": ["u"], "since": "yesterday"}, "bad_request"),
             ("fill", {"rect": {"x": 95, "y": 0, "w": 10, "h": 1}}, "bad_rect"),

@@ -10,13 +10,14 @@ in the audit log.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openplace.api.errors import APIError
+from openplace.api.errors import STORE_OUTAGES, APIError, read_store
 from openplace.api.json import JSONResponse
 from openplace.api.params import MAX_SEQ, query_number
 from openplace.api.placing import authorization_of, bearer_token, iso, parse_json, too_large
@@ -34,6 +35,8 @@ AUDIT_PAGE_MAX = 500
 MAX_ADMIN_BODY = 64 * 1024  # a rollback may name many users
 MAX_REASON = 200
 MAX_USER_ID = 64
+MAX_BAN_SECONDS = 100 * 365 * 86_400  # a hundred years: longer is "never" (no expires_in)
+MAX_ID = 2**62
 _NO_TOKEN = "send 'Authorization: Bearer <moderator token>' (openplace admin token)"
 
 
@@ -56,7 +59,7 @@ async def moderator_of(request: Request) -> Moderator:
         except InvalidToken:
             raise _unauthorized(str(exc)) from exc
         raise APIError(403, "forbidden", "a user's token cannot moderate") from exc
-    revoked = await state.moderation.revoked_at(moderator.name)
+    revoked = await read_store(request, state.moderation.revoked_at(moderator.name))
     if revoked is not None and moderator.issued_at <= revoked:
         raise _unauthorized("this moderator token was revoked")
     return moderator
@@ -99,7 +102,7 @@ async def audit(request: Request) -> Response:
     await moderator_of(request)
     before = _page_number(request, "before", MAX_SEQ)
     limit = _page_number(request, "limit", AUDIT_PAGE_MAX) or 50
-    entries = await state_of(request).moderation.audit(before, limit)
+    entries = await read_store(request, state_of(request).moderation.audit(before, limit))
     return JSONResponse(
         {
             "entries": [entry_json(e) for e in entries],
@@ -206,11 +209,14 @@ async def ban(request: Request) -> Response:
     expires_at = None
     if data.get("expires_in") is not None:
         try:
-            expires_at = now + parse_duration(str(data["expires_in"]))
+            seconds = parse_duration(str(data["expires_in"]))
         except ValueError as exc:
             raise _bad(f"'expires_in': {exc}") from exc
+        if seconds > MAX_BAN_SECONDS:
+            raise _bad("'expires_in' is at most 36500d; leave it out for a ban without end")
+        expires_at = now + seconds
     record = Ban(kind, subject, reason, moderator.name, now, expires_at)
-    effect = await _moderators(request).ban(moderator.name, record)
+    effect = await _act(_moderators(request).ban(moderator.name, record))
     return _answer(effect | {"ban": ban_json(record)})
 
 
@@ -218,13 +224,13 @@ async def unban(request: Request) -> Response:
     """``POST /api/admin/unban``: lift a user's or a network's ban."""
     moderator = await moderator_of(request)
     kind, subject = _subject(await _body(request, frozenset({"user", "network"})))
-    return _answer(await _moderators(request).unban(moderator.name, kind, subject))
+    return _answer(await _act(_moderators(request).unban(moderator.name, kind, subject)))
 
 
 async def bans(request: Request) -> Response:
     """``GET /api/admin/bans``: the bans in force."""
     await moderator_of(request)
-    policy = await state_of(request).moderation.policy()
+    policy = await read_store(request, state_of(request).moderation.policy())
     return _answer({"bans": [ban_json(b) for b in policy.active_bans(time.time())]})
 
 
@@ -242,7 +248,7 @@ async def rollback(request: Request) -> Response:
         raise _bad("give 'users', 'network' or both")
     since = _since(data.get("since"), time.time())
     rect = _rect(request, data["rect"]) if data.get("rect") is not None else None
-    return _answer(await _write(_moderators(request).rollback(
+    return _answer(await _act(_moderators(request).rollback(
         moderator.name, users, network, since, rect)))  # fmt: skip
 
 
@@ -256,47 +262,53 @@ async def fill(request: Request) -> Response:
         check_color(color)
     except InvalidPixel as exc:
         raise APIError(400, "bad_color", str(exc)) from exc
-    return _answer(await _write(_moderators(request).fill(moderator.name, rect, color)))
+    return _answer(await _act(_moderators(request).fill(moderator.name, rect, color)))
 
 
-async def _write(action: Any) -> dict[str, Any]:
-    """An action that writes pixels, its errors as answers."""
+async def _act(action: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """An action's effect, or its errors as answers (503: nothing was done, or, if the
+    store failed half-way, the audit log may lack it: see the message)."""
     try:
-        result: dict[str, Any] = await action
+        return await action
     except TooManyPixels as exc:
         raise APIError(413, "too_many_pixels", str(exc)) from exc
     except StaleRun as exc:
         raise APIError(503, "unavailable", "the canvas is too busy to plan this now; try again",
                        headers={"Retry-After": "1"}) from exc  # fmt: skip
-    return result
+    except STORE_OUTAGES as exc:
+        raise APIError(503, "unavailable",
+                       "the store could not be reached; check the audit log, then try again",
+                       headers={"Retry-After": "1"}) from exc  # fmt: skip
 
 
 async def protect(request: Request) -> Response:
     """``POST /api/admin/protect``: placements inside a rectangle are refused."""
     moderator = await moderator_of(request)
     rect = _rect(request, (await _body(request, frozenset({"rect"}))).get("rect"))
-    return _answer(await _moderators(request).protect(moderator.name, rect))
+    return _answer(await _act(_moderators(request).protect(moderator.name, rect)))
 
 
 async def unprotect(request: Request) -> Response:
     """``POST /api/admin/unprotect``: lift a protected area, by id."""
     moderator = await moderator_of(request)
     area_id = _int((await _body(request, frozenset({"id"}))).get("id"), "id")
-    return _answer(await _moderators(request).unprotect(moderator.name, area_id))
+    if not 1 <= area_id <= MAX_ID:
+        raise _bad(f"'id' must be within 1..{MAX_ID}")
+    return _answer(await _act(_moderators(request).unprotect(moderator.name, area_id)))
 
 
 async def freeze(request: Request) -> Response:
     """``POST /api/admin/freeze``: the canvas becomes read-only."""
     moderator = await moderator_of(request)
     await _body(request, frozenset())
-    return _answer(await _moderators(request).freeze(moderator.name, True))
+    return _answer(await _act(_moderators(request).freeze(moderator.name, True)))
 
 
 async def unfreeze(request: Request) -> Response:
     """``POST /api/admin/unfreeze``: placing again."""
     moderator = await moderator_of(request)
     await _body(request, frozenset())
-    return _answer(await _moderators(request).freeze(moderator.name, False))
+    return _answer(await _act(_moderators(request).freeze(moderator.name, False)))
 
 
 def ban_json(b: Ban) -> dict[str, object]:

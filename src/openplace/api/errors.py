@@ -1,18 +1,30 @@
-"""JSON error responses: ``{"error": "<code>", "message": "..."}``."""
+"""JSON error responses: ``{"error": "<code>", "message": "..."}``; a store that cannot
+be reached is a 503 (:func:`read_store`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openplace.core.placement import StoreUnavailable
+from openplace.state import state_of
 from openplace.web.security import headers_for
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a store raises when its servers are down, restarting or paused.
+STORE_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailable, TimeoutError)
 
 _CODES = {
     400: "bad_request",
@@ -138,3 +150,17 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # Rendered by Starlette's outermost middleware, outside SecurityHeaders: add them here.
     return error_response(500, "internal", "internal server error", headers_for(request.url.path))
+
+
+async def read_store(request: Request, reading: Awaitable[T]) -> T:
+    """A store read, or a 503 if the store is unreachable or does not answer in time
+    (distributed mode: Redis or PostgreSQL down or paused)."""
+    try:
+        timeout = state_of(request).settings.store_read_timeout_seconds
+        return await asyncio.wait_for(reading, timeout)
+    except STORE_OUTAGES as exc:
+        log.warning("store read failed: %r", exc)
+        raise APIError(
+            503, "unavailable", "the store cannot be read now; try again",
+            headers={"Retry-After": "1"},
+        ) from exc  # fmt: skip

@@ -7,11 +7,9 @@ Handlers find their collaborators through :func:`openplace.state.state_of` (buil
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -20,7 +18,7 @@ from starlette.routing import Mount, Route, request_response
 from starlette.types import Receive, Scope, Send
 
 from openplace.api.admin import ADMIN_ROUTES
-from openplace.api.errors import APIError
+from openplace.api.errors import APIError, read_store
 from openplace.api.history import (
     board_png_endpoint,
     heatmap_endpoint,
@@ -36,15 +34,11 @@ from openplace.api.placing import authorization_of, identify, iso, place_endpoin
 from openplace.auth.tokens import Identity
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
-from openplace.core.placement import StoreUnavailable
 from openplace.core.policy import banned
 from openplace.state import state_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# What a store read raises when its servers are down, restarting or paused.
-STORE_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailable, TimeoutError)
 
 
 def client_ip(request: Request) -> str:
@@ -53,20 +47,6 @@ def client_ip(request: Request) -> str:
 
 def authenticate(request: Request) -> Identity:
     return identify(state_of(request).signer, authorization_of(request.headers.raw))
-
-
-async def read_store(request: Request, reading: Awaitable[T]) -> T:
-    """A store read, or a 503 if the store is unreachable or does not answer in time
-    (distributed mode: Redis or PostgreSQL down or paused)."""
-    try:
-        timeout = state_of(request).settings.store_read_timeout_seconds
-        return await asyncio.wait_for(reading, timeout)
-    except STORE_OUTAGES as exc:
-        log.warning("store read failed: %r", exc)
-        raise APIError(
-            503, "unavailable", "the store cannot be read now; try again",
-            headers={"Retry-After": "1"},
-        ) from exc  # fmt: skip
 
 
 # -- handlers ------------------------------------------------------------------------
@@ -110,8 +90,8 @@ async def new_session(request: Request) -> Response:
 
 async def policy(request: Request) -> Response:
     """``GET /api/policy``: whether the canvas is frozen, and its protected areas."""
-    return JSONResponse(state_of(request).store.policy.public(),
-                        headers={"Cache-Control": "no-cache"})  # fmt: skip
+    policy = await read_store(request, state_of(request).store.current_policy())
+    return JSONResponse(policy.public(), headers={"Cache-Control": "no-cache"})
 
 
 async def board(request: Request) -> Response:

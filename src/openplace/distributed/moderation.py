@@ -1,21 +1,41 @@
-"""Moderation's durable part in distributed mode: PostgreSQL (migration 4), read by
-every API process on every admin request."""
+"""Moderation's durable part in distributed mode: PostgreSQL (migrations 4 and 5), read
+by every API process on every admin request. PostgreSQL down or restarting is reported
+as :class:`~openplace.core.placement.StoreUnavailable` (a 503)."""
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import orjson
 
 from openplace.core.audit import AuditEntry
+from openplace.core.placement import StoreUnavailable
 from openplace.core.policy import Area, Ban, Policy, Rect, parse_network
 from openplace.distributed.schema import migrate
 
 T = TypeVar("T")
+P = ParamSpec("P")
+_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """PostgreSQL's errors as :class:`StoreUnavailable`."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except _PG_ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    return call
 
 
 class PostgresModeration:
@@ -41,12 +61,14 @@ class PostgresModeration:
             raise RuntimeError("moderation is not open")
         return self._pool
 
+    @_translated
     async def revoked_at(self, name: str) -> float | None:
         value = await self.pool.fetchval(
             "SELECT revoked_at FROM moderator_revocations WHERE name = $1", name
         )
         return None if value is None else float(value)
 
+    @_translated
     async def revoke(self, name: str, at: float) -> None:
         await self.pool.execute(
             "INSERT INTO moderator_revocations VALUES ($1, $2) ON CONFLICT (name) "
@@ -55,6 +77,7 @@ class PostgresModeration:
             name, at,
         )  # fmt: skip
 
+    @_translated
     async def record(self, entry: AuditEntry) -> int:
         value = await self.pool.fetchval(
             "INSERT INTO audit (ts, actor, action, args, effect) "
@@ -64,6 +87,7 @@ class PostgresModeration:
         )  # fmt: skip
         return int(value)
 
+    @_translated
     async def audit(self, before: int | None, limit: int) -> list[AuditEntry]:
         rows = await self.pool.fetch(
             "SELECT id, ts, actor, action, args::text AS args, effect::text AS effect "
@@ -74,6 +98,7 @@ class PostgresModeration:
 
     # -- the policy ----------------------------------------------------------------
 
+    @_translated
     async def policy(self) -> Policy:
         async with self.pool.acquire() as conn:
             return await _read_policy(conn)
@@ -88,6 +113,7 @@ class PostgresModeration:
             await conn.execute("UPDATE policy SET value = value + 1 WHERE key = 'version'")
             return result, await _read_policy(conn)
 
+    @_translated
     async def ban(self, ban: Ban) -> Policy:
         async def write(conn: asyncpg.Connection) -> None:
             await conn.execute(
@@ -99,6 +125,7 @@ class PostgresModeration:
 
         return (await self._change(write))[1]
 
+    @_translated
     async def unban(self, kind: str, subject: str) -> tuple[bool, Policy]:
         async def write(conn: asyncpg.Connection) -> bool:
             status = await conn.execute(
@@ -108,6 +135,7 @@ class PostgresModeration:
 
         return await self._change(write)
 
+    @_translated
     async def protect(self, rect: Rect, by: str, at: float) -> tuple[Area, Policy]:
         async def write(conn: asyncpg.Connection) -> Area:
             area_id = await conn.fetchval(
@@ -119,6 +147,7 @@ class PostgresModeration:
 
         return await self._change(write)
 
+    @_translated
     async def unprotect(self, area_id: int) -> tuple[bool, Policy]:
         async def write(conn: asyncpg.Connection) -> bool:
             status = await conn.execute("DELETE FROM protected_areas WHERE id = $1", area_id)
@@ -126,6 +155,7 @@ class PostgresModeration:
 
         return await self._change(write)
 
+    @_translated
     async def freeze(self, frozen: bool) -> Policy:
         async def write(conn: asyncpg.Connection) -> None:
             await conn.execute("UPDATE policy SET value = $1 WHERE key = 'frozen'", int(frozen))
@@ -134,6 +164,7 @@ class PostgresModeration:
 
     # -- sessions ------------------------------------------------------------------
 
+    @_translated
     async def record_session(self, user_id: str, address: str, at: float) -> None:
         try:
             parse_network(address)
@@ -144,6 +175,7 @@ class PostgresModeration:
             user_id, address, datetime.fromtimestamp(at, UTC),
         )  # fmt: skip
 
+    @_translated
     async def session_users(self, network: str) -> list[str]:
         rows = await self.pool.fetch(
             "SELECT user_id FROM sessions WHERE addr <<= $1::cidr",
