@@ -58,6 +58,8 @@ class ClientView:
     data: bytes | None
     summary: str = ""
     crashed: str = ""
+    board_loads: int = 1  # fetches of the whole board: 1 if it always resumed
+    resyncs: int = 0
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Report:
     pixels_mismatch: int = 0
     clients: int = 0
     clients_equal: int = 0
+    client_reloads: int = 0  # board fetches after the first: a client that could not resume
     violations: list[str] = field(default_factory=list)  # what was promised and broken
     problems: list[str] = field(default_factory=list)  # the stack did not stay whole
     notes: list[str] = field(default_factory=list)
@@ -134,6 +137,7 @@ class Report:
         row("pixels table = log", "yes" if not self.pixels_mismatch else "NO",
             f"{self.pixels_mismatch} differ" if self.pixels_mismatch else "")  # fmt: skip
         row("clients equal to server", f"{self.clients_equal}/{self.clients}")
+        row("board reloads by clients", self.client_reloads)
         verdict = "PASS" if self.passed else "FAIL"
         count = f"  {len(self.violations)} violations, {len(self.problems)} problems"
         lines.append(f"  {'verdict':<32} {verdict:>10}{count if not self.passed else ''}")
@@ -303,6 +307,7 @@ def check(
 
     # Every client holds the server's board.
     report.clients = len(clients)
+    report.client_reloads = sum(max(0, c.board_loads - 1) for c in clients)
     for c in clients:
         equal = (c.board_id == served.board_id and c.last == served.seq
                  and c.data == served.data)  # fmt: skip

@@ -12,6 +12,10 @@ Kinds (:data:`KINDS`):
   and all its processes) for a second or two (``pause``), then SIGCONT. A hang, not a
   crash.
 
+Not among them, asked for by name: ``rolling``, an upgrade's rolling restart: every API
+process, then every realtime process, one after another, stopped as an orchestrator
+stops them (SIGTERM, then wait for the exit) and started again, each back before the next.
+
 The order of kinds (shuffled rounds, so every kind comes once per round), the gaps,
 the fault lengths and the targets all come from one ``random.Random(seed)``. After a
 fault is healed the nemesis waits for the next acknowledged placement (the recovery),
@@ -24,6 +28,8 @@ import asyncio
 import json
 import random
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +182,16 @@ class Nemesis:
             await asyncio.to_thread(cluster.restart, name)
             fault.heal = time.monotonic()
             await self._wait_healthy(name, ports[i])
+        elif kind == "rolling":
+            fault = self._begin(kind, "api, realtime")
+            for role, ports in (("api", cluster.api_ports), ("realtime", cluster.realtime_ports)):
+                for i, port in enumerate(ports):
+                    name = f"{role}{i + 1}"
+                    took = await asyncio.to_thread(self._stop_gracefully, name)
+                    await asyncio.to_thread(cluster.restart, name)
+                    await self._wait_healthy(name, port)
+                    self.say(f"{self.history.rel(time.monotonic()):>9} s  {name} stopped in "
+                             f"{took:.2f} s and back")  # fmt: skip
         elif kind == "pg-stop":
             fault = self._begin(kind, "postgresql")
             await asyncio.to_thread(stack.pg.kill)
@@ -206,6 +222,20 @@ class Nemesis:
         self.say(f"{self.history.rel(fault.start):>9} s  {kind:<15} {fault.target:<11} "
                  f"healed after {fault.heal - fault.start:.2f} s")  # fmt: skip
         return fault
+
+    def _stop_gracefully(self, name: str, timeout: float = 30.0) -> float:
+        """SIGTERM and wait for the exit; how long it took (a problem if it had to be
+        killed)."""
+        proc = self.stack.cluster.procs[name]
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.problems.append(f"{name} did not stop within {timeout:.0f} s of SIGTERM")
+            proc.kill()
+            proc.wait()
+        return time.monotonic() - began
 
     def _last_error(self, name: str) -> str:
         """The last error a process logged: its exception's last lines, where it was."""

@@ -188,4 +188,5 @@ def _view(f: Follower, task: asyncio.Task[None]) -> ClientView:
     summary = (f"{f.board_loads} board loads, {f.connects} connects, {f.resyncs} resyncs, "
                f"{f.gaps} gaps, {f.frames} frames")  # fmt: skip
     data = bytes(f.board.data) if f.board is not None else None
-    return ClientView(f.name, f.board_id, f.last, data, summary, crashed)
+    return ClientView(f.name, f.board_id, f.last, data, summary, crashed, f.board_loads,
+                      f.resyncs)  # fmt: skip
