@@ -24,6 +24,9 @@ uvicorn's httptools protocol (the fast parser) plus:
 
 Every refusal is the API's JSON error. The per-address counts are per process.
 
+While the server drains before it stops (:class:`Drain`, ``api/server.py``), every
+answer closes its connection, so a proxy stops reusing connections to it.
+
 The head, body and linger deadlines are checked by one timer per server
 (:class:`Deadlines`), not a timer per request: setting a deadline is storing a number,
 which keeps this layer cheap on the placement path.
@@ -147,6 +150,18 @@ class Limits:
         return min(0.5, max(0.01, shortest / 10))
 
 
+class Drain:
+    """Whether the server is draining: answering still, but closing every connection after
+    its answer (a proxy then opens new ones to the other servers)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time the drain began
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above. Use :func:`guarded_protocol`,
     which gives each server its own subclass with its own ``limits`` and ``slots``."""
@@ -155,6 +170,7 @@ class GuardedProtocol(HttpToolsProtocol):
     slots: AddressSlots
     trusted: _TrustedHosts
     deadlines: Deadlines
+    drain: Drain
 
     def __init__(
         self,
@@ -361,6 +377,8 @@ class GuardedProtocol(HttpToolsProtocol):
                 return
             self._request_address = address
         super().on_headers_complete()
+        if self.drain.since is not None and self.cycle is not None:
+            self.cycle.keep_alive = False  # draining: "Connection: close" on the answer
 
     def _forwarded_client(self) -> str | None:
         values = [v for n, v in self.headers if n == b"x-forwarded-for"]
@@ -402,8 +420,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._close_with(BAD_HTTP.http())
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
-    """A protocol class for one server: its own limits and per-address counts."""
+def guarded_protocol(settings: Settings, drain: Drain | None = None) -> type[GuardedProtocol]:
+    """A protocol class for one server: its own limits, per-address counts and drain."""
     return type(
         "GuardedProtocol",
         (GuardedProtocol,),
@@ -412,6 +430,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
             "slots": AddressSlots(settings.http_max_connections_per_ip),
             "trusted": _TrustedHosts(settings.trusted_proxies),
             "deadlines": Deadlines(Limits.from_settings(settings).tick),
+            "drain": drain or Drain(),
         },
     )
 

@@ -1,19 +1,25 @@
 """How every openplace process runs uvicorn: httptools with openplace's limits
-(:mod:`openplace.api.limits`) and the transport-exposing websocket protocol."""
+(:mod:`openplace.api.limits`), the transport-exposing websocket protocol, and a drain
+before the graceful shutdown (:class:`DrainingServer`)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from openplace.api.limits import guarded_protocol, raise_fd_limit
+from openplace.api.limits import Drain, guarded_protocol, raise_fd_limit
 from openplace.config import Settings
 from openplace.realtime.transport import WSProtocol
 
+log = logging.getLogger(__name__)
 
-def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+
+def uvicorn_config(app: ASGIApp, settings: Settings, drain: Drain | None = None) -> uvicorn.Config:
     """The uvicorn configuration of an app (also used by the tests)."""
     return uvicorn.Config(
         app,
@@ -21,7 +27,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_config=None,
         access_log=False,
-        http=guarded_protocol(settings),
+        http=guarded_protocol(settings, drain),
         timeout_keep_alive=math.ceil(settings.http_keepalive_timeout_seconds),
         ws=WSProtocol,
         ws_max_size=settings.ws_max_message_bytes,
@@ -34,7 +40,35 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     )
 
 
-def run_uvicorn(app: ASGIApp, settings: Settings) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but SIGTERM (or SIGINT) first drains for ``drain_seconds``: it
+    goes on answering, each answer closing its connection, so that a proxy (nginx keeps
+    connections to the API) moves to the other servers without sending a request down a
+    connection that is being closed. Then uvicorn's graceful shutdown: stop listening,
+    finish the requests in progress (placements waiting for their acknowledgement
+    included). A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_seconds = drain_seconds
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain.since is None and self.drain_seconds > 0:
+            self.drain.since = time.monotonic()
+            log.info("draining for %.1f s before stopping", self.drain_seconds)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        since = self.drain.since
+        if since is not None and time.monotonic() - since >= self.drain_seconds:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run_uvicorn(app: ASGIApp, settings: Settings, drain_seconds: float = 0.0) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (after a drain of ``drain_seconds``)."""
     raise_fd_limit()
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    drain = Drain()
+    DrainingServer(uvicorn_config(app, settings, drain), drain, drain_seconds).run()
