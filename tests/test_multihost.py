@@ -470,9 +470,12 @@ async def scenario(stack: Stack) -> None:
         assert direct2.connected == [rt2], (direct2.connected, direct2.errors)
         moved = [c.name for c in via_nginx if len(c.connected) > 1]
         assert moved, "no client through nginx was on rt1"
+        nginx_log = (stack.run_dir / "nginx-error.log").read_text()
+        timeouts = nginx_log.count("upstream timed out")
         print(f"multihost: {len(clients)} websocket clients, {len(moved)} through nginx and "
               f"1 direct resumed on rt2 within {resumed_in:.1f} s of the cut; "
-              f"errors seen: {[e for c in clients for e in c.errors]}")  # fmt: skip
+              f"client errors: {[e for c in clients for e in c.errors]}; "
+              f"nginx logged {timeouts} upstream timeouts")  # fmt: skip
 
 
 def test_stack_across_hosts(stack: Stack) -> None:
