@@ -83,6 +83,7 @@ class ServerProcess:
             **os.environ,
             "OPENPLACE_DATA_DIR": str(self.data_dir),
             "OPENPLACE_COOLDOWN_SECONDS": "2",  # long enough that a busy machine keeps a 429 a 429
+            "OPENPLACE_COOLDOWN_BY": "user",  # the pages and the tests' users share 127.0.0.1
             "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
         }
         with self.log_path.open("ab") as log:
