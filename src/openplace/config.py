@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import secrets
@@ -23,6 +24,35 @@ def _default_data_dir() -> Path:
 
 
 COOLDOWN_BY = ("user", "address", "both")
+# Who may read GET /metrics: loopback and the private networks (a scraper next to the
+# processes); anyone else gets 404.
+METRICS_FROM = "127.0.0.1/32,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated networks (``10.0.0.0/8``) or addresses; a ValueError names a bad one."""
+    out = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network or address") from None
+    return tuple(out)
+
+
+def address_in(address: str, allowed: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (IPv4, IPv6 or IPv4-mapped IPv6) is in one of ``allowed``."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in allowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +119,10 @@ class Settings:
     # Distributed mode (unset: embedded).
     redis_url: str | None = None
     database_url: str | None = None
+    # Networks whose clients may read GET /metrics (comma-separated); others get 404.
+    metrics_from: str = METRICS_FROM
+    # The persister's HTTP port for /metrics, /livez and /readyz (0: none).
+    persister_metrics_port: int = 9464
     # DEBUG, INFO, WARNING or ERROR (the command's --log-level overrides it).
     log_level: str = "INFO"
 
@@ -164,6 +198,12 @@ class Settings:
             raise ValueError("OPENPLACE_COOLDOWN_SECONDS must be >= 0")
         if self.cooldown_by not in COOLDOWN_BY:
             raise ValueError(f"OPENPLACE_COOLDOWN_BY must be one of {', '.join(COOLDOWN_BY)}")
+        try:
+            networks(self.metrics_from)
+        except ValueError as exc:
+            raise ValueError(f"OPENPLACE_METRICS_FROM: {exc}") from None
+        if not 0 <= self.persister_metrics_port <= 65535:
+            raise ValueError("OPENPLACE_PERSISTER_METRICS_PORT must be within 0..65535")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"OPENPLACE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 

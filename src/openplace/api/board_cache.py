@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from openplace.api.errors import APIError
 from openplace.core.placement import StoreUnavailable
+from openplace.observe.metrics import BOARD_CACHE_HITS, BOARD_STORE_READS
 from openplace.storage.base import Store
 
 
@@ -52,10 +53,13 @@ class BoardCache:
     async def get(self) -> CachedBoard:
         cur = self._current
         if cur is not None and self.clock() - cur.taken < self.refresh:
+            BOARD_CACHE_HITS.inc()
             return cur
         if self._fetching is None:
             self._fetching = asyncio.ensure_future(self._fetch())
             self._fetching.add_done_callback(self._fetched)
+        else:  # another request's read serves this one too
+            BOARD_CACHE_HITS.inc()
         return await asyncio.shield(self._fetching)
 
     def _fetched(self, fetch: asyncio.Future[CachedBoard]) -> None:
@@ -65,6 +69,7 @@ class BoardCache:
 
     async def _fetch(self) -> CachedBoard:
         now = self.clock()
+        BOARD_STORE_READS.inc()
         try:
             snap = await self.store.board()
         except StoreUnavailable as exc:

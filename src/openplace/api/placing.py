@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -21,6 +22,13 @@ from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
 from openplace.core.board import InvalidPixel, check_color
 from openplace.core.placement import CooldownActive, PlacementRefused, StoreUnavailable
 from openplace.core.policy import Refusal
+from openplace.observe.metrics import (
+    ACCEPTED,
+    BAD_REQUEST,
+    INTERNAL,
+    PLACEMENT_SECONDS,
+    REFUSED_BY_CODE,
+)
 from openplace.state import AppState, state_of
 from openplace.web.security import API_RAW_HEADERS
 
@@ -160,6 +168,7 @@ class PlaceEndpoint:
     :func:`~openplace.api.errors.render_error`, as everywhere else."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
         state = state_of(scope)
         try:
             limit = state.settings.max_body_bytes
@@ -180,13 +189,17 @@ class PlaceEndpoint:
             address = client[0] if client else "?"
             payload = await place(state, authorization_of(scope["headers"]), body, address)
         except APIError as exc:
+            REFUSED_BY_CODE.get(exc.code, BAD_REQUEST).inc()
             status = exc.status
             content, headers = render_error(exc.code, exc.message, exc.headers, **exc.extra)
         except Exception:
+            INTERNAL.inc()
             log.exception("placing failed")
             status = 500
             content, headers = render_error("internal", "internal server error")
         else:
+            ACCEPTED.inc()
+            PLACEMENT_SECONDS.observe(perf_counter() - started)
             status, content = 200, orjson.dumps(payload)
             headers = [
                 (b"content-type", b"application/json"),

@@ -7,6 +7,7 @@ Handlers find their collaborators through :func:`openplace.state.state_of` (buil
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -32,10 +33,12 @@ from openplace.api.openapi import openapi_schema
 from openplace.api.params import accepts_gzip, coordinate, matches_etag
 from openplace.api.placing import authorization_of, identify, iso, place_endpoint, refused
 from openplace.auth.tokens import Identity
+from openplace.config import Network, address_in, networks
 from openplace.core.board import InvalidPixel
 from openplace.core.palette import PALETTE
 from openplace.core.policy import banned
-from openplace.state import state_of
+from openplace.observe import health, metrics
+from openplace.state import AppState, state_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +104,7 @@ async def board(request: Request) -> Response:
         found = await moment(request, state.timeline)
         assert found is not None
         return await past_board(request, *found)
+    metrics.BOARD_REQUESTS.inc()
     cached = await state.board_cache.get()
     s = state.settings
     gz = accepts_gzip(request.headers.get("accept-encoding", ""))
@@ -176,6 +180,56 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "seq": cached.seq}, headers={"Cache-Control": "no-store"})
 
 
+# -- operations: metrics, liveness, readiness ------------------------------------------
+
+
+@functools.cache
+def _networks(text: str) -> tuple[Network, ...]:
+    return networks(text)
+
+
+async def not_ready(state: AppState) -> health.Problems:
+    """What keeps this process from serving (see :mod:`openplace.observe.health`)."""
+    problems: health.Problems = {}
+    store = state.store_
+    if store is not None:
+        if isinstance(store, health.Checked):
+            problems.update(await store.health())
+        await health.check("board", state.board_cache.get(), problems)
+    hub = state.hub_
+    if hub is not None:
+        if not hub.following():
+            problems["feed"] = "not following the committed placements"
+        feed = hub.feed
+        if id(feed) != id(store) and isinstance(feed, health.Checked):
+            problems.update(await feed.health())
+    return problems
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text, to clients of ``OPENPLACE_METRICS_FROM`` only."""
+    state = state_of(request)
+    s = state.settings
+    if not address_in(client_ip(request), _networks(s.metrics_from)):
+        raise APIError(404, "not_found", "not found")
+    health.record(await not_ready(state))  # readiness and the dependencies, as of now
+    body = metrics.render(metrics.registry(state.roles, s.distributed))
+    return Response(body, media_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def livez(request: Request) -> Response:
+    """``GET /livez``: the process runs (its event loop answers)."""
+    return Response(health.LIVE, media_type="application/json",
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when the dependencies answer and the board is current."""
+    status, body = health.answer(await not_ready(state_of(request)))
+    return Response(body, status, media_type="application/json",
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_schema(state_of(request).settings))
 
@@ -195,4 +249,10 @@ API_ROUTES = [
     Route("/me", me, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
-ROUTES = [Mount("/api", routes=API_ROUTES), Route("/healthz", healthz, methods=["GET"])]
+ROUTES = [
+    Mount("/api", routes=API_ROUTES),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+]

@@ -89,6 +89,8 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     api_ports: list[int] = field(default_factory=list)
     realtime_ports: list[int] = field(default_factory=list)
+    # Each persister's port for /metrics, /livez and /readyz, by name (kept on restart).
+    persister_ports: dict[str, int] = field(default_factory=dict)
     run_dir: Path | None = None
     failed: bool = False
     commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -99,6 +101,9 @@ class Cluster:
 
     def _spawn(self, name: str, *args: str) -> None:
         env = {**os.environ, **self.env}
+        if args[:1] == ("persister",):
+            port = self.persister_ports.setdefault(name, free_port())
+            env["OPENPLACE_PERSISTER_METRICS_PORT"] = str(port)
         assert self.run_dir is not None
         self.commands[name] = args
         with open(self.run_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
@@ -130,8 +135,10 @@ class Cluster:
             stderr=open(self.run_dir / "nginx.log", "wb"),  # noqa: SIM115
         )
         deadline = time.monotonic() + timeout
-        urls = [f"http://127.0.0.1:{p}/healthz" for p in self.api_ports]
-        urls += [f"http://127.0.0.1:{p}/healthz" for p in self.realtime_ports]
+        # Ready: each process's dependencies answer and it holds the current board (the
+        # persister: active, or standing by); then nginx in front of them.
+        ports = [*self.persister_ports.values(), *self.api_ports, *self.realtime_ports]
+        urls = [f"http://127.0.0.1:{p}/readyz" for p in ports]
         urls.append(self.url + "/healthz")
         for url in urls:
             try:

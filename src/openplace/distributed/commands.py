@@ -67,16 +67,36 @@ def persister(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if not await p.connect(stop=stop):
-            return  # stopped while standing by
-        log.info("persister active")
+        http = await _persister_http(p, settings)
         try:
-            await p.run(stop)
+            if not await p.connect(stop=stop):
+                return  # stopped while standing by
+            log.info("persister active")
+            try:
+                await p.run(stop)
+            finally:
+                await p.close()
         finally:
-            await p.close()
+            if http is not None:
+                http.close()
 
     asyncio.run(main())
     return 0
+
+
+async def _persister_http(p: Persister, settings: Settings) -> asyncio.Server | None:
+    """/metrics, /livez and /readyz on OPENPLACE_PERSISTER_METRICS_PORT (0: none). A
+    port in use is logged, not fatal: persisting matters more than being watched."""
+    port = settings.persister_metrics_port
+    if not port:
+        return None
+    try:
+        server = await p.serve_http(settings.host, port, settings.metrics_from)
+    except OSError as exc:
+        log.error("persister metrics not served on %s:%d: %s", settings.host, port, exc)
+        return None
+    log.info("persister metrics on %s:%d/metrics", settings.host, port)
+    return server
 
 
 def restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,6 +156,8 @@ def cluster(args: argparse.Namespace, settings: Settings) -> int:
             print(f"openplace:   api{i} on http://127.0.0.1:{port}/")
         for i, port in enumerate(c.realtime_ports, 1):
             print(f"openplace:   realtime{i} on ws://127.0.0.1:{port}/ws")
+        for name, port in c.persister_ports.items():
+            print(f"openplace:   {name} metrics on http://127.0.0.1:{port}/metrics")
         print(f"openplace: canvas at {c.url}/  (nginx; Ctrl-C stops everything)", flush=True)
         try:
             while True:

@@ -33,6 +33,7 @@ async def run_realtime(settings: Settings) -> None:
         max_message=settings.ws_max_message_bytes, trusted_proxies=settings.trusted_proxies,
         max_handshake=settings.http_max_header_bytes,
         handshake_timeout=settings.http_header_timeout_seconds,
+        metrics_from=settings.metrics_from,
     )  # fmt: skip
     log.info("realtime serving on %s:%d", settings.host, settings.port)
     try:

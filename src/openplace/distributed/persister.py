@@ -30,6 +30,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from openplace.config import address_in, networks
 from openplace.core.board import Board, Geometry
 from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
@@ -37,6 +38,7 @@ from openplace.distributed import keys
 from openplace.distributed.acks import BoardId, continuing, restore_reason
 from openplace.distributed.archive import PostgresArchive
 from openplace.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+from openplace.observe import health, metrics, server
 from openplace.storage.backfill import backfill_keyframes
 from openplace.storage.durability import check_size, load_board, size_text
 
@@ -83,6 +85,8 @@ class Persister:
         self.uid = ""
         self.epoch = 0
         self.restores = 0
+        self.role = "starting"  # then "standby" (waiting for the lock) or "active"
+        metrics.persister_role(self.role)
         self._pg: asyncpg.Connection | None = None
         self._redis: aioredis.Redis | None = None
         self._backfill: asyncio.Task[None] | None = None
@@ -112,6 +116,7 @@ class Persister:
             try:
                 return await self._connect_once(wait_for_lock=wait_for_lock, stop=stop)
             except _PG_ERRORS as exc:
+                self._set_role("starting")
                 if not wait_for_lock or (stop is not None and stop.is_set()):
                     raise
                 log.warning("postgresql unavailable (%s); connecting again", exc)
@@ -128,6 +133,7 @@ class Persister:
                     return False
                 if not said:
                     log.info("another persister is active; standing by")
+                    self._set_role("standby")
                     said = True
                 await asyncio.sleep(0.5)
             self._pg = pg
@@ -141,11 +147,63 @@ class Persister:
             await self._announce_committed()
             if self._backfill is None or self._backfill.done():
                 self._backfill = asyncio.create_task(self._backfill_keyframes())
+            self._set_role("active")
             return True
         except BaseException:
             self._pg = None
             pg.terminate()  # the session, and with it the lock, ends here
             raise
+
+    def _set_role(self, role: str) -> None:
+        self.role = role
+        metrics.persister_role(role)
+
+    # -- observability -------------------------------------------------------------
+
+    async def health(self) -> health.Problems:
+        """Ready: connected, and active (PostgreSQL and Redis answer) or standing by."""
+        if self.role == "starting":
+            return {"postgresql": "connecting"}
+        if self.role == "standby":
+            return {}
+        problems: health.Problems = {}
+        if self._pg is None or self._pg.is_closed():
+            problems["postgresql"] = "connection lost; reconnecting"
+        metrics.dependency("postgresql", "postgresql" not in problems)
+        if self._redis is not None:
+            await health.dependency("redis", self._sample(), problems)
+        return problems
+
+    async def _sample(self) -> None:
+        """The stream's length and Redis's seq, as gauges (read when scraped)."""
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.STREAM)
+            pipe.get(keys.SEQ)
+            length, seq = await pipe.execute()
+        metrics.STREAM_LENGTH.set(int(length))
+        metrics.ACCEPTED_SEQ.set(int(seq or 0))
+
+    async def serve_http(self, host: str, port: int, metrics_from: str) -> asyncio.Server:
+        """``/metrics`` (to ``metrics_from`` only), ``/livez`` and ``/readyz`` on ``port``."""
+        allowed = networks(metrics_from)
+        registry = metrics.registry(frozenset({"persister"}), True)
+
+        async def metrics_route(peer: str) -> server.Answer:
+            if not address_in(peer, allowed):
+                return 404, b'{"error":"not_found"}', server.JSON
+            health.record(await self.health())
+            return 200, metrics.render(registry), metrics.CONTENT_TYPE
+
+        async def livez(peer: str) -> server.Answer:
+            return 200, health.LIVE, server.JSON
+
+        async def readyz(peer: str) -> server.Answer:
+            status, body = health.answer(await self.health())
+            return status, body, server.JSON
+
+        routes = {"/metrics": metrics_route, "/livez": livez, "/readyz": readyz}
+        return await server.serve(host, port, routes)
 
     async def _check_redis_keeps_nothing(self) -> None:
         """Refuse a Redis that saves its data to disk.
@@ -217,6 +275,7 @@ class Persister:
             (row["seq"], decode_keyframe(row["board"], row["codec"])) if row else None,
             [r[0] for r in tail], [r[1] for r in tail], [r[2] for r in tail],
         )  # fmt: skip
+        metrics.COMMITTED_SEQ.set(self.committed)
         if progress:
             progress(f"applied {len(tail)} placements after it; committed seq {self.committed}")
 
@@ -255,6 +314,7 @@ class Persister:
                 await self._run(stop)
             except _PG_ERRORS as exc:
                 log.warning("postgresql unavailable (%s); reconnecting", exc)
+                self._set_role("starting")
                 if self._pg is not None:
                     self._pg.terminate()
                     self._pg = None
@@ -314,10 +374,14 @@ class Persister:
         for seq, entry in enumerate(entries[:n], start=first):
             index, color, user, ts = keys.parse_entry(entry.data)
             rows.append((seq, index, color, user, _dt(ts), self.epoch))
+        started = time.perf_counter()
         await self._write_rows(rows)
+        metrics.PG_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.PG_COMMIT_BATCH.observe(len(rows))
         records = b"".join(encode_record(r[1], r[2]) for r in rows)
         self.board.apply_records(records)
         self.committed = rows[-1][0]
+        metrics.COMMITTED_SEQ.set(self.committed)
         redis = self._redis
         assert redis is not None
         async with redis.pipeline(transaction=False) as pipe:
@@ -420,6 +484,8 @@ class Persister:
             pipe.publish(keys.FEED, keys.encode_feed(self.epoch, self.committed + 1, b""))
             await pipe.execute()
         self.restores += 1
+        metrics.RESTORES.inc()
+        metrics.LAST_RESTORE.set_to_current_time()
         took = time.perf_counter() - started
         say(f"restored {len(recent)} recent placements, {len(cooling)} cooldowns in {took:.3f} s")
         return took

@@ -54,6 +54,8 @@ from openplace.distributed import keys
 from openplace.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
 from openplace.distributed.feed import RedisFeed
 from openplace.distributed.schema import migrate
+from openplace.observe import health
+from openplace.observe.metrics import watch_acks
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,37 @@ async def close_quietly(closing: Awaitable[object], timeout: float = 2.0) -> Non
         await asyncio.wait_for(closing, timeout)
     except Exception as exc:
         log.warning("closing a connection failed: %s", exc)
+
+
+async def dependency_problems(
+    redis: aioredis.Redis,
+    pg: asyncpg.Pool,
+    feed: RedisFeed,
+    board_id: str | None = None,
+    watermark: Callable[[int], None] | None = None,
+) -> health.Problems:
+    """Redis and PostgreSQL answer, Redis holds a restored board (``board_id``, if
+    given, is the one the caller serves) and ``feed`` follows it. ``watermark`` is told
+    the committed seq read from Redis, when it is of that board."""
+    problems: health.Problems = {}
+    read: list[object] = []
+
+    async def read_epoch() -> None:
+        read.extend(await redis.mget(keys.EPOCH, keys.COMMITTED))
+
+    if await health.dependency("redis", read_epoch(), problems):
+        epoch, committed = read
+        if epoch is None:
+            problems["board"] = "Redis is being restored"
+        elif board_id is not None and keys.text(epoch) != board_id:
+            problems["board"] = f"serving {board_id}; Redis holds {keys.text(epoch)}"
+        elif watermark is not None:
+            watermark(int(keys.text(committed or 0)))
+    await health.dependency("postgresql", pg.fetchval("SELECT 1"), problems)
+    following = feed._task  # the feed's reader (this package's own)
+    if following is None or following.done():
+        problems["feed"] = "not following the committed placements"
+    return problems
 
 
 def _fail(batch: list[_Request], message: str, *, maybe_placed: bool = False) -> None:
@@ -156,6 +189,7 @@ class DistributedStore:
         self._redis: aioredis.Redis | None = None
         self._pg: asyncpg.Pool | None = None
         self.feed = RedisFeed(None, None)  # on this store's connections, from open()
+        watch_acks(lambda: len(self._acks))
 
     async def open(self) -> None:
         self._redis, self._pg = await connect(self.redis_url, self.database_url)
@@ -184,6 +218,13 @@ class DistributedStore:
             await close_quietly(self._redis.aclose())
         if self._pg is not None:
             await close_quietly(self._pg.close())
+
+    async def health(self) -> health.Problems:
+        """What keeps this API process from serving: Redis, PostgreSQL, a restored
+        board, the feed (see :mod:`openplace.observe.health`)."""
+        if self._redis is None or self._pg is None:
+            return {"store": "not open"}
+        return await dependency_problems(self._redis, self._pg, self.feed)
 
     # -- placing -------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ frames to all of them. So it runs no ASGI stack: each connection is one small
 queue or coroutine of its own. The hub writes pre-encoded frames straight to the
 transport (:class:`~openplace.realtime.transport.TransportSubscriber`).
 
-It also answers ``GET /healthz`` for load balancers.
+It also answers ``GET /healthz`` for load balancers, ``/livez`` and ``/readyz`` for
+orchestrators and ``/metrics`` for Prometheus (to ``OPENPLACE_METRICS_FROM`` only).
 
 Hostile clients: a connection holds its address's slot from accept (a trusted proxy's
 connections from the handshake, by forwarded address), the upgrade request must be
@@ -31,6 +32,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from openplace.api.errors import Refusal, http_response
+from openplace.config import METRICS_FROM, Network, address_in, networks
+from openplace.distributed.feed import RedisFeed
+from openplace.distributed.store import dependency_problems
+from openplace.observe import health, metrics
+from openplace.observe.server import response
 from openplace.realtime.hub import Hub
 from openplace.realtime.session import (
     BINARY_REFUSED,
@@ -49,6 +55,37 @@ log = logging.getLogger(__name__)
 NOT_FOUND = Refusal(404, "not_found", "try /ws")
 NOT_ALLOWED = Refusal(405, "method_not_allowed", "method not allowed")
 LINGER = 1.0  # seconds an answered connection waits for the client to close
+OPERATIONS = ("/livez", "/readyz", "/metrics")
+REGISTRY = metrics.registry(frozenset({"realtime"}), True)
+
+
+async def not_ready(hub: Hub) -> health.Problems:
+    """What keeps this realtime process from serving: its feed follows the committed
+    placements of the board Redis holds, and Redis and PostgreSQL answer. Tells the
+    hub the committed watermark on the way (the fan-out lag)."""
+    problems: health.Problems = {}
+    if not hub.following():
+        problems["feed"] = "not following the committed placements"
+    feed = hub.feed
+    if isinstance(feed, RedisFeed):
+
+        def watermark(committed: int) -> None:
+            hub.watermark = committed
+
+        problems.update(
+            await dependency_problems(feed.redis, feed.pg, feed, hub.board_id, watermark)
+        )
+    return problems
+
+
+async def operations_answer(hub: Hub, path: str, head: bool) -> bytes:
+    """The HTTP answer of ``/readyz`` or ``/metrics`` (the caller checked who asks)."""
+    problems = await not_ready(hub)
+    if path == "/metrics":
+        health.record(problems)
+        return response(200, metrics.render(REGISTRY), metrics.CONTENT_TYPE, head)
+    status, body = health.answer(problems)
+    return http_response(status, body, [("Cache-Control", "no-store")], head=head)
 
 
 class Connection(asyncio.Protocol):
@@ -143,6 +180,9 @@ class Connection(asyncio.Protocol):
             health = {"status": "ok", "seq": self.hub.sent, "clients": len(self.hub.subscribers)}
             self._refuse(http_response(200, orjson.dumps(health), head=request.method == "HEAD"))
             return
+        if url.path in OPERATIONS:
+            self._operations(url.path, request.method)
+            return
         if url.path != "/ws":
             self._refuse(NOT_FOUND.http())
             return
@@ -168,6 +208,32 @@ class Connection(asyncio.Protocol):
         self.subscriber = TransportSubscriber(self.transport, self.hub.send_buffer)
         task = asyncio.ensure_future(self.hub.attach(self.subscriber, since, board))
         task.add_done_callback(_log_failure)
+
+    def _operations(self, path: str, method: str) -> None:
+        if method not in ("GET", "HEAD"):
+            self._refuse(NOT_ALLOWED.http(allow="GET, HEAD"))
+            return
+        head = method == "HEAD"
+        if path == "/livez":
+            self._refuse(http_response(200, health.LIVE, [("Cache-Control", "no-store")],
+                                       head=head))  # fmt: skip
+            return
+        if path == "/metrics" and not address_in(self.ip, self.limits.metrics_from):
+            self._refuse(NOT_FOUND.http())
+            return
+        self.answered = True  # the rest of the input is not read
+        task = asyncio.ensure_future(operations_answer(self.hub, path, head))
+        task.add_done_callback(self._operations_done)
+
+    def _operations_done(self, task: asyncio.Future[bytes]) -> None:
+        if task.cancelled() or self.transport.is_closing():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("answering an operations request failed", exc_info=exc)
+            self._refuse(http_response(500, b'{"error":"internal"}'))
+            return
+        self._refuse(task.result())
 
     def _refuse(self, response: bytes | Response) -> None:
         """Answer the upgrade request with an HTTP error (the slot goes on close)."""
@@ -257,12 +323,19 @@ class Connection(asyncio.Protocol):
 class Limits:
     """What one connection may use before it is refused or closed."""
 
-    __slots__ = ("handshake_timeout", "max_handshake", "max_message")
+    __slots__ = ("handshake_timeout", "max_handshake", "max_message", "metrics_from")
 
-    def __init__(self, max_message: int, max_handshake: int, handshake_timeout: float) -> None:
+    def __init__(
+        self,
+        max_message: int,
+        max_handshake: int,
+        handshake_timeout: float,
+        metrics_from: tuple[Network, ...] = (),
+    ) -> None:
         self.max_message = max_message
         self.max_handshake = max_handshake
         self.handshake_timeout = handshake_timeout
+        self.metrics_from = metrics_from  # who may read /metrics
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
@@ -279,11 +352,12 @@ async def serve(
     trusted_proxies: str = "127.0.0.1",
     max_handshake: int = 8 * 1024,
     handshake_timeout: float = 10.0,
+    metrics_from: str = METRICS_FROM,
 ) -> asyncio.Server:
     """Listen for websocket clients of ``hub`` on ``host:port``."""
     loop = asyncio.get_running_loop()
     trusted = frozenset(a.strip() for a in trusted_proxies.split(",") if a.strip())
-    limits = Limits(max_message, max_handshake, handshake_timeout)
+    limits = Limits(max_message, max_handshake, handshake_timeout, networks(metrics_from))
     return await loop.create_server(
         lambda: Connection(hub, limits, trusted),
         host, port, backlog=4096, reuse_address=True,

@@ -43,6 +43,7 @@ from openplace.core.quota import SessionQuota
 from openplace.core.timeline import KEYFRAME_CODEC, decode_keyframe, encode_keyframe
 from openplace.core.wire import encode_record
 from openplace.embedded.archive import SqliteArchive
+from openplace.observe.metrics import SQLITE_COMMIT_BATCH, SQLITE_COMMIT_SECONDS
 from openplace.storage.backfill import backfill_keyframes
 from openplace.storage.base import Listener, ResetListener
 from openplace.storage.durability import (
@@ -228,6 +229,12 @@ class EmbeddedStore:
         self._writer.shutdown()
         self._reader.shutdown()
 
+    async def health(self) -> dict[str, str]:
+        """What keeps the store from serving (see :mod:`openplace.observe.health`)."""
+        if self._wdb is None or self._rdb is None:
+            return {"store": "not open"}
+        return {}
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -377,6 +384,7 @@ class EmbeddedStore:
         users: dict[str, float] = {}
         for r in rows:
             users[r[3]] = r[4]
+        started = time.perf_counter()
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
@@ -386,6 +394,8 @@ class EmbeddedStore:
                 users.items(),
             )
             db.execute("COMMIT")
+            SQLITE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            SQLITE_COMMIT_BATCH.observe(len(rows))
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")

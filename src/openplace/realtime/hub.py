@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from openplace.core.history import History, TooOld
 from openplace.core.wire import RECORD_SIZE, control, split_frames
+from openplace.observe import metrics
 from openplace.realtime import fanout_core as core
 from openplace.realtime.transport import encode
 from openplace.storage.base import Feed
@@ -86,6 +87,11 @@ class Hub:
         # Moderation's public policy ({"frozen", "protected"}) and its version.
         self.policy: dict[str, Any] = {"frozen": False, "protected": []}
         self.policy_version = 0
+        # The newest committed seq this process has heard of from outside the feed's
+        # deliveries (a distributed realtime process reads Redis's watermark when
+        # scraped): what it has not broadcast yet is the fan-out lag.
+        self.watermark = 0
+        metrics.watch_hub(lambda: len(self.subscribers), lambda: self.sent, self.lag)
 
     async def start(self) -> None:
         """Fill the history from the feed and start listening to it."""
@@ -101,6 +107,14 @@ class Hub:
         self.batch.reset(self.history.head)
         self.board_id = self.feed.board_id
         self._unlisten = self.feed.listen(self.publish, self.reset)
+
+    def following(self) -> bool:
+        """Started and listening to the feed."""
+        return self._unlisten is not None
+
+    def lag(self) -> int:
+        """Committed placements not yet broadcast (as far as this process knows)."""
+        return max(0, max(self.watermark, self.history.head) - self.sent)
 
     def stop(self) -> None:
         if self._unlisten is not None:
@@ -147,12 +161,20 @@ class Hub:
         for payload in split_frames(first, records):
             self._broadcast(payload)
 
-    def _broadcast(self, message: Message) -> None:
+    def _broadcast(self, message: Message) -> int:
+        """Write ``message`` to every subscriber; returns to how many."""
         frame = encode(message)
-        for sub in list(self.subscribers):
+        subscribers = list(self.subscribers)
+        for sub in subscribers:
             sub.write(frame, message)
             if sub.closed:
                 self.subscribers.discard(sub)
+                if sub.close_reason == "too slow":
+                    metrics.SLOW_DROPPED.inc()
+        n = len(subscribers)
+        metrics.FRAMES_SENT.inc(n)
+        metrics.BYTES_SENT.inc(n * len(frame))
+        return n
 
     def reset(self, board_id: str, head: int) -> None:
         """The board was replaced (e.g. restored): every client reloads it."""
@@ -166,7 +188,7 @@ class Hub:
             self.flush()
         self.history.reset(head)
         self.batch.reset(head)
-        self._broadcast(control("resync", head=head, board=self.board_id))
+        metrics.RESYNCS.inc(self._broadcast(control("resync", head=head, board=self.board_id)))
 
     def broadcast_online(self) -> None:
         self._broadcast(control("online", count=self.online()))
@@ -204,6 +226,7 @@ class Hub:
         sub.offer(control("hello", head=self.sent, board=self.board_id))
         begin = core.start(since, board, self.board_id, self.sent, self.replay_limit)
         if begin.resync:
+            metrics.RESYNCS.inc()
             sub.offer(control("resync", head=self.sent, board=self.board_id))
         after = begin.after
         while True:
@@ -213,15 +236,18 @@ class Hub:
                 try:
                     older = await self.feed.records(step.after, step.upto)
                 except TooOld:
+                    metrics.RESYNCS.inc()
                     sub.offer(control("resync", head=self.sent, board=self.board_id))
                     after = self.sent
                     continue
                 for frame in split_frames(step.after + 1, older):
+                    _count_replay(frame)
                     sub.offer(frame, bounded=False)
                 after = step.upto
                 continue
             records = history.records(step.after, step.upto)  # no await until add(): no race
             for frame in split_frames(step.after + 1, records):
+                _count_replay(frame)
                 sub.offer(frame, bounded=False)
             if sub.closed:  # went away while we fetched its history
                 return
@@ -233,6 +259,11 @@ class Hub:
 
     def detach(self, sub: Sink) -> None:
         self.subscribers.discard(sub)
+
+
+def _count_replay(payload: bytes) -> None:
+    metrics.FRAMES_SENT.inc()
+    metrics.BYTES_SENT.inc(len(payload) + 10)  # and its websocket header, at most 10 bytes
 
 
 async def run_online_ticker(hub: Hub, interval: float) -> None:
