@@ -252,7 +252,11 @@ def test_k8s_tiers_probes_and_pods() -> None:
             assert c[probe]["httpGet"]["port"] in ports, (name, probe)
         # settings and secrets from the ConfigMap and the Secret, nothing inline
         refs = {next(iter(k for k in e if k.endswith("Ref"))) for e in c["envFrom"]}
-        assert refs == {"configMapRef", "secretRef"} and "env" not in c
+        assert refs == {"configMapRef", "secretRef"}
+        # inline: only the realtime tier's per-address limit, held by the Ingress instead
+        inline = {e["name"]: e["value"] for e in c.get("env", [])}
+        assert inline == ({"OPENPLACE_WS_MAX_CONNECTIONS_PER_IP": "100000"}
+                          if name == "realtime" else {})  # fmt: skip
         assert {"requests", "limits"} <= set(c["resources"]), name
         assert {"cpu", "memory"} <= set(c["resources"]["limits"]), name
         sc = c["securityContext"]
@@ -306,26 +310,33 @@ def test_k8s_services_budgets_and_autoscalers_find_their_pods() -> None:
 
 def test_k8s_ingress_routes_api_ws_and_the_page_and_keeps_metrics_private() -> None:
     docs = kustomize(K8S)
-    (ingress,) = by_kind(docs, "Ingress").values()
+    ingresses = by_kind(docs, "Ingress")
     services = by_kind(docs, "Service")
-    routes: dict[tuple[str, str], str] = {}
-    for rule in ingress["spec"]["rules"]:
-        for p in rule["http"]["paths"]:
-            backend = p["backend"]["service"]
-            assert backend["name"] in services
-            ports = {sp["name"] for sp in services[backend["name"]]["spec"]["ports"]}
-            assert backend["port"]["name"] in ports
-            routes[(p["path"], p["pathType"])] = backend["name"]
-    assert routes[("/api", "Prefix")] == "api"
-    assert routes[("/ws", "Exact")] == "realtime"
-    assert routes[("/", "Exact")] == "api"
+    routes: dict[tuple[str, str], tuple[str, str]] = {}
+    for ingress_name, ingress in ingresses.items():
+        for rule in ingress["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                backend = p["backend"]["service"]
+                assert backend["name"] in services
+                ports = {sp["name"] for sp in services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in ports
+                assert (p["path"], p["pathType"]) not in routes
+                routes[(p["path"], p["pathType"])] = (backend["name"], ingress_name)
+    assert routes[("/api", "Prefix")][0] == "api"
+    assert routes[("/", "Exact")][0] == "api"
+    service, ingress_name = routes[("/ws", "Exact")]
+    assert service == "realtime"
+    # websockets: long-lived connections, a per-address limit at the Ingress
+    ws = ingresses[ingress_name]["metadata"]["annotations"]
+    assert int(ws["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert int(ws["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    assert int(ws["nginx.ingress.kubernetes.io/limit-connections"]) == 64
+    assert {n for s, n in routes.values() if s == "realtime"} == {ingress_name}
     # every file of the page is routed to the API tier, which serves it ...
     for f in STATIC_DIR.iterdir():
-        assert routes.get((f"/{f.name}", "Exact")) == "api", f"the Ingress misses /{f.name}"
+        assert routes.get((f"/{f.name}", "Exact"), ("",))[0] == "api", f"no route for /{f.name}"
     # ... and nothing else: no catch-all that would publish /metrics, /livez, /readyz
     assert all(kind == "Exact" or path == "/api" for path, kind in routes)
-    annotations = ingress["metadata"]["annotations"]
-    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
 
 
 def test_k8s_settings_are_settings_and_name_the_optional_data_stores() -> None:
@@ -610,7 +621,10 @@ def test_every_openplace_variable_is_a_setting() -> None:
     }
     Settings.from_env({**example, "OPENPLACE_COOLDOWN_BY": "both", "OPENPLACE_LOG_LEVEL": "INFO"})
     for path in (K8S, K8S_ALL):
-        Settings.from_env({**image, **k8s_settings(kustomize(path))})
+        docs = kustomize(path)
+        for name, c in openplace_containers(docs):
+            inline = {e["name"]: e["value"] for e in c.get("env", [])}
+            assert Settings.from_env({**image, **k8s_settings(docs), **inline}).distributed, name
     # from_env does refuse a name that is not a setting
     with pytest.raises(ValueError, match="OPENPLACE_NOT_A_SETTING"):
         Settings.from_env({f"{ENV_PREFIX}NOT_A_SETTING": "1"})
@@ -672,6 +686,8 @@ async def test_the_images_commands_run_as_the_manifests_say(
     entrypoint = str(Path(sys.executable).parent / image_entrypoint()[0][0])
     metrics_port = "persister_metrics_port" in Settings.__dataclass_fields__
     args = {name: c["args"] for name, c in openplace_containers(docs)}
+    inline = {name: {e["name"]: e["value"] for e in c.get("env", [])}
+              for name, c in openplace_containers(docs)}  # fmt: skip
     roles: list[Role] = []
     ports: dict[str, int] = {}
     try:
@@ -679,11 +695,12 @@ async def test_the_images_commands_run_as_the_manifests_say(
             port = free_port()
             extra = {"OPENPLACE_PERSISTER_METRICS_PORT": str(port)} if metrics_port else {}
             roles.append(Role(f"persister{i}", [entrypoint, *args["persister"]],
-                              env | extra, tmp_path / f"persister{i}.log"))  # fmt: skip
+                              env | inline["persister"] | extra,
+                              tmp_path / f"persister{i}.log"))  # fmt: skip
             ports[f"persister{i}"] = port
         for name in ("api", "realtime"):
             ports[name] = free_port()
-            role_env = env | {"OPENPLACE_PORT": str(ports[name])}
+            role_env = env | inline[name] | {"OPENPLACE_PORT": str(ports[name])}
             roles.append(Role(name, [entrypoint, *args[name]], role_env, tmp_path / f"{name}.log"))
 
         def alive() -> None:
