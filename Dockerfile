@@ -50,8 +50,9 @@ USER 10001:10001
 WORKDIR /data
 # 8000: HTTP (api, realtime, serve); 9464: the persister's metrics and health.
 EXPOSE 8000 9464
-# Liveness of whichever role runs: GET /livez on OPENPLACE_PORT (api, realtime, serve),
+# Readiness of whichever role runs: GET /readyz on OPENPLACE_PORT (api, realtime, serve),
 # else on the persister's metrics port (OPENPLACE_PERSISTER_METRICS_PORT, default 9464).
+# A standby persister is ready. Kubernetes ignores this and uses deploy/k8s's probes.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=40s --retries=3 \
     CMD ["python", "/opt/openplace/healthcheck.py"]
 ENTRYPOINT ["openplace"]

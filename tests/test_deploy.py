@@ -395,7 +395,10 @@ def test_compose_stack() -> None:
         assert s["build"]["context"] == ".." and s["read_only"] and s["cap_drop"] == ["ALL"]
         for dep in s["depends_on"]:
             assert s["depends_on"][dep]["condition"] == "service_healthy"
-            assert "healthcheck" in services[dep]
+            # a health check of its own, or the image's HEALTHCHECK
+            assert "healthcheck" in services[dep] or services[dep].get("build"), dep
+    assert "persister" in services["api"]["depends_on"]
+    assert "persister" in services["realtime"]["depends_on"]
     assert any("postgresql/data" in v for v in services["postgres"]["volumes"])
     # nginx's fixed address is the processes' trusted proxy
     nginx_ip = services["nginx"]["networks"]["openplace"]["ipv4_address"]
