@@ -757,6 +757,10 @@ async def test_the_images_commands_run_as_the_manifests_say(
         finally:
             nginx.send_signal(signal.SIGTERM)
             nginx.wait(10)
+    except BaseException:
+        for r in roles:  # what each process said, for the failure's report
+            print(f"---- {r.name} ({r.log}):\n{r.log.read_text()[-3000:]}")
+        raise
     finally:
         codes = {r.name: r.stop() for r in reversed(roles)}
     # Each stopped cleanly: exit 0, or, for uvicorn (the API), the SIGTERM it re-raises
