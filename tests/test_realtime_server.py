@@ -192,9 +192,13 @@ async def test_clients_behind_the_local_proxy_are_counted_by_forwarded_address(
 
 
 def test_forwarded_address_is_believed_only_from_trusted_proxies() -> None:
-    from openplace.realtime.session import client_address
+    from openplace.realtime.session import client_address, trusted_hosts
 
-    trusted = frozenset({"127.0.0.1"})
+    trusted = trusted_hosts("127.0.0.1")
     assert client_address("127.0.0.1", "1.2.3.4, 5.6.7.8", trusted) == "5.6.7.8"
     assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
     assert client_address("9.9.9.9", "5.6.7.8", trusted) == "9.9.9.9"  # spoofing
+    # a network of proxies (an ingress controller's pods), as for the API
+    pods = trusted_hosts("10.0.0.0/8")
+    assert client_address("10.2.3.4", "198.51.100.7, 10.9.9.9", pods) == "198.51.100.7"
+    assert client_address("198.51.100.7", "10.2.3.4", pods) == "198.51.100.7"

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from uvicorn.middleware.proxy_headers import _TrustedHosts
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -47,6 +48,7 @@ from openplace.realtime.session import (
     client_address,
     handshake_refusal,
     parse_query,
+    trusted_hosts,
 )
 from openplace.realtime.transport import TransportSubscriber
 
@@ -94,7 +96,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("answered", "deadline", "fragments", "hub", "ip", "limits", "protocol",
                  "received", "slot", "subscriber", "transport", "trusted")  # fmt: skip
 
-    def __init__(self, hub: Hub, limits: Limits, trusted: frozenset[str]) -> None:
+    def __init__(self, hub: Hub, limits: Limits, trusted: _TrustedHosts) -> None:
         self.hub = hub
         self.limits = limits
         self.trusted = trusted
@@ -356,7 +358,7 @@ async def serve(
 ) -> asyncio.Server:
     """Listen for websocket clients of ``hub`` on ``host:port``."""
     loop = asyncio.get_running_loop()
-    trusted = frozenset(a.strip() for a in trusted_proxies.split(",") if a.strip())
+    trusted = trusted_hosts(trusted_proxies)
     limits = Limits(max_message, max_handshake, handshake_timeout, networks(metrics_from))
     return await loop.create_server(
         lambda: Connection(hub, limits, trusted),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 import orjson
+from uvicorn.middleware.proxy_headers import _TrustedHosts
 from websockets.exceptions import SecurityError
 
 from openplace.api.errors import Refusal
@@ -68,13 +69,19 @@ def parse_query(query: str) -> tuple[int | None, str | None]:
     return since, board
 
 
-def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[str]) -> str:
-    """The client's address: the peer's, or, when the peer is a trusted proxy, the last
-    address it added to ``X-Forwarded-For`` (the one it saw)."""
+def trusted_hosts(spec: str) -> _TrustedHosts:
+    """The proxies whose ``X-Forwarded-For`` is believed, from ``OPENPLACE_TRUSTED_PROXIES``:
+    addresses and networks (CIDR), read as uvicorn reads them for the API."""
+    return _TrustedHosts(spec)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: _TrustedHosts) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the
+    nearest address in ``X-Forwarded-For`` that is not a trusted proxy's."""
     if forwarded_for and peer in trusted:
-        last = forwarded_for.rsplit(",", 1)[-1].strip()
-        if last:
-            return last[:64]
+        host, _ = trusted.get_trusted_client_address(forwarded_for)
+        if host:
+            return host[:64]
     return peer
 
 
