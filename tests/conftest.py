@@ -175,6 +175,7 @@ def cluster_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
         "OPENPLACE_HEIGHT": "80",
         "OPENPLACE_COOLDOWN_SECONDS": "300",
         "OPENPLACE_COOLDOWN_BY": "user",  # many test users share one address
+        "OPENPLACE_DRAIN_SECONDS": "0.3",  # stopping a test cluster: no 3 s drain
         "OPENPLACE_BOARD_REFRESH_SECONDS": "0",
         "OPENPLACE_ONLINE_INTERVAL_SECONDS": "0.2",
         **extra,

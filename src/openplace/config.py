@@ -116,6 +116,11 @@ class Settings:
     store_read_timeout_seconds: float = 5.0
     # Distributed mode: how long a placement may wait to be confirmed durable.
     ack_timeout_seconds: float = 10.0
+    # Distributed mode: an API process told to stop (SIGTERM) answers this long more,
+    # closing every connection after its answer and not ready, before it stops listening,
+    # so nginx (whose idle connections to the API last 2 s) moves to the others; a
+    # realtime process waits at most this long for its clients' last frames.
+    drain_seconds: float = 3.0
     # Distributed mode (unset: embedded).
     redis_url: str | None = None
     database_url: str | None = None
@@ -192,6 +197,8 @@ class Settings:
         for name in timeouts:
             if not 0 < getattr(self, name) <= 3600:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be > 0 and <= 3600")
+        if not 0 <= self.drain_seconds <= 600:
+            raise ValueError("OPENPLACE_DRAIN_SECONDS must be within 0..600")
         if self.ack_timeout_seconds <= 0:
             raise ValueError("OPENPLACE_ACK_TIMEOUT_SECONDS must be > 0")
         if self.cooldown_seconds < 0:

@@ -10,10 +10,12 @@ collaborator the process's roles did not build (no ``hub`` without ``realtime``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+
+from openplace.observe.health import Drain
 
 if TYPE_CHECKING:  # named for type checking only: no import cycles, no backend imports
     from starlette.requests import HTTPConnection
@@ -50,6 +52,7 @@ class AppState:
     moderation_: Moderation | None = None  # api
     moderators_: ModeratorSigner | None = None  # api
     hub_: Hub | None = None  # realtime
+    drain: Drain = field(default_factory=Drain)  # set when the process is told to stop
 
     @property
     def store(self) -> Store:

@@ -44,6 +44,7 @@ class Config:
     after: float = 2.0  # load after the last fault
     settle_timeout: float = 30.0
     ack_timeout: float = 10.0  # OPENPLACE_ACK_TIMEOUT_SECONDS
+    drain_seconds: float = 0.3  # OPENPLACE_DRAIN_SECONDS
     keep_logs: bool = False  # keep the cluster's logs if the check fails
     kinds: tuple[str, ...] = KINDS  # fault kinds to inject
     pause: tuple[float, float] = (1.0, 2.0)  # seconds a SIGSTOP lasts
@@ -73,6 +74,7 @@ async def run(config: Config) -> Report:
             OPENPLACE_WIDTH=str(config.width),
             OPENPLACE_HEIGHT=str(config.height),
             OPENPLACE_ACK_TIMEOUT_SECONDS=str(config.ack_timeout),
+            OPENPLACE_DRAIN_SECONDS=str(config.drain_seconds),
         )  # fmt: skip
         cluster = Cluster(Settings.from_env(env), api=2, realtime=2, standby=1, env=env)
         await asyncio.to_thread(cluster.start)

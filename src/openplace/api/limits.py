@@ -24,7 +24,7 @@ uvicorn's httptools protocol (the fast parser) plus:
 
 Every refusal is the API's JSON error. The per-address counts are per process.
 
-While the server drains before it stops (:class:`Drain`, ``api/server.py``), every
+While the server drains before it stops (``observe/health.py: Drain``), every
 answer closes its connection, so a proxy stops reusing connections to it.
 
 The head, body and linger deadlines are checked by one timer per server
@@ -48,6 +48,7 @@ from uvicorn.server import ServerState
 
 from openplace.api.errors import Refusal, render_error
 from openplace.config import Settings
+from openplace.observe.health import Drain
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +149,6 @@ class Limits:
         """How often deadlines are checked: a tenth of the shortest, within 10..500 ms."""
         shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
         return min(0.5, max(0.01, shortest / 10))
-
-
-class Drain:
-    """Whether the server is draining: answering still, but closing every connection after
-    its answer (a proxy then opens new ones to the other servers)."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None  # monotonic time the drain began
-
-    @property
-    def active(self) -> bool:
-        return self.since is not None
 
 
 class GuardedProtocol(HttpToolsProtocol):

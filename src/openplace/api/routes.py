@@ -191,6 +191,8 @@ def _networks(text: str) -> tuple[Network, ...]:
 async def not_ready(state: AppState) -> health.Problems:
     """What keeps this process from serving (see :mod:`openplace.observe.health`)."""
     problems: health.Problems = {}
+    if state.drain.active:
+        problems["draining"] = "stopping: finishing what is in progress"
     store = state.store_
     if store is not None:
         if isinstance(store, health.Checked):

@@ -10,11 +10,14 @@ import time
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from openplace.api.limits import Drain, guarded_protocol, raise_fd_limit
+from openplace.api.limits import guarded_protocol, raise_fd_limit
 from openplace.config import Settings
+from openplace.observe.health import Drain
 from openplace.realtime.transport import WSProtocol
+from openplace.state import state_of
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run_uvicorn(app: ASGIApp, settings: Settings, drain_seconds: float = 0.0) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM (after a drain of ``drain_seconds``)."""
+def run_uvicorn(app: Starlette, settings: Settings, drain_seconds: float = 0.0) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (after a drain of ``drain_seconds``, during
+    which its ``/readyz`` says so)."""
     raise_fd_limit()
-    drain = Drain()
+    drain = state_of(app).drain
     DrainingServer(uvicorn_config(app, settings, drain), drain, drain_seconds).run()

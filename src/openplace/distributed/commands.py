@@ -45,7 +45,7 @@ def role(args: argparse.Namespace, settings: Settings) -> int:
         raise_fd_limit()
         uvloop.run(run_realtime(settings))
     else:
-        run_uvicorn(create_app(settings, {"api", "web"}), settings)
+        run_uvicorn(create_app(settings, {"api", "web"}), settings, settings.drain_seconds)
     return 0
 
 

@@ -10,6 +10,7 @@ from openplace.config import Settings
 from openplace.distributed import build
 from openplace.distributed.feed import RedisFeed
 from openplace.distributed.websocket_server import serve
+from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,21 @@ async def run_realtime(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        server.close()
-        hub.stop()
+        server.close()  # no new clients
+        hub.stop()  # each client is sent what it had coming, then close 1001: it resumes
+        await drain(hub, settings.drain_seconds)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await feed.close()
+
+
+async def drain(hub: Hub, seconds: float) -> None:
+    """Wait until every client's connection has closed (its last frames written), for at
+    most ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while hub.subscribers and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    if hub.subscribers:
+        log.warning("stopping with %d clients still connected", len(hub.subscribers))

@@ -29,6 +29,19 @@ CHECK_TIMEOUT = 2.0
 LIVE = orjson.dumps({"status": "live"})
 
 
+class Drain:
+    """Whether the process is stopping: it finishes what is in progress and is not ready
+    (an HTTP server answers still, closing every connection after its answer, so that a
+    proxy moves to the other servers: ``api/server.py: DrainingServer``)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time the drain began
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+
 @runtime_checkable
 class Checked(Protocol):
     """A store or feed that can tell what keeps it from serving."""
