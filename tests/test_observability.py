@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from harness.servers import RedisServer
+from harness.servers import PostgresServer, RedisServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from openplace.config import Settings, address_in, networks
 from openplace.distributed.cluster import Cluster
-from tests.conftest import LiveServer, auth, mint_token
+from tests.conftest import LiveServer, auth, cluster_env, mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -276,6 +276,48 @@ async def test_the_stack_exports_what_the_rules_and_the_dashboard_read(
         assert got[("openplace_dependency_up", (("dependency", "redis"),))] == 0
         assert got[("openplace_ready", ())] == 0
         assert (await client.get(apis[0] + "/livez")).status_code == 200
+
+
+async def test_a_standby_persister_is_ready_and_takes_over(
+    postgres: PostgresServer, redis_server: RedisServer
+) -> None:
+    """The standby reports its role, is ready (it waits for the lock), and is active once
+    the active one is gone; a restore shows in the metrics."""
+    db = await postgres.new_database()
+    env = cluster_env(redis_server.url, db)
+    c = Cluster(Settings.from_env(env), api=1, realtime=1, standby=1, env=env)
+    await asyncio.to_thread(c.start)
+    try:
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in c.persister_ports.items()}
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def role(name: str) -> str:
+                got = values(await scrape(client, urls[name] + "/metrics"))
+                (held,) = [k[1][0][1] for k, v in got.items()
+                           if k[0] == "openplace_persister_role" and v == 1]  # fmt: skip
+                return held
+
+            assert await role("persister") == "active"
+            assert await role("persister2") == "standby"
+            assert await status(client, urls["persister2"] + "/readyz", 200) == {"status": "ready"}
+            c.kill("persister")
+            deadline = asyncio.get_running_loop().time() + 15
+            while await role("persister2") != "active":
+                assert asyncio.get_running_loop().time() < deadline, "no takeover"
+                await asyncio.sleep(0.2)
+            # Redis restarted empty: the persister restores it, and says so.
+            redis_server.kill()
+            redis_server.start()
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:
+                got = values(await scrape(client, urls["persister2"] + "/metrics"))
+                if got.get(("openplace_restores_total", ()), 0) >= 1:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "no restore"
+                await asyncio.sleep(0.2)
+            assert got[("openplace_last_restore_timestamp_seconds", ())] > 0
+    finally:
+        await asyncio.to_thread(c.stop)
 
 
 async def test_metrics_only_to_the_configured_networks(
