@@ -18,12 +18,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from harness.servers import PostgresServer, RedisServer
+from harness.servers import PostgresServer, RedisServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from openplace.config import Settings, address_in, networks
 from openplace.distributed.cluster import Cluster
+from openplace.distributed.websocket_server import serve
 from tests.conftest import LiveServer, auth, cluster_env, mint_token
+from tests.test_realtime import StreamClient
+from tests.test_realtime_server import start_lean
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -321,6 +325,44 @@ async def test_a_standby_persister_is_ready_and_takes_over(
             assert got[("openplace_last_restore_timestamp_seconds", ())] > 0
     finally:
         await asyncio.to_thread(c.stop)
+
+
+async def test_the_lean_realtime_server_serves_metrics_and_probes(tmp_path: Path) -> None:
+    """The lean server (on an embedded store as its feed): probes, /metrics with the
+    fan-out's counters, only to OPENPLACE_METRICS_FROM, and HTTP methods checked."""
+    lean, server = await start_lean(tmp_path)
+    private = await serve(lean.hub, "127.0.0.1", free_port(), max_message=1024,
+                          metrics_from="10.0.0.0/8")  # fmt: skip
+    base = f"http://127.0.0.1:{lean.port}"
+    other = f"http://127.0.0.1:{private.sockets[0].getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(timeout=10) as client, connect(lean.ws_url + "?since=0") as ws:
+            stream = StreamClient(ws)
+            await lean.place(10)
+            await stream.until(10)
+            assert (await client.get(base + "/livez")).json() == {"status": "live"}
+            assert await status(client, base + "/readyz", 200) == {"status": "ready"}
+            got = values(await scrape(client, base + "/metrics"))
+            assert got[("openplace_websocket_clients", ())] == 1
+            assert got[("openplace_broadcast_seq", ())] == 10
+            assert got[("openplace_fanout_lag", ())] == 0
+            assert got[("openplace_websocket_frames_sent_total", ())] >= 1
+            assert got[("openplace_websocket_bytes_sent_total", ())] >= 10 * 5
+            assert got[("openplace_ready", ())] == 1
+            head = await client.head(base + "/metrics")
+            assert head.status_code == 200 and head.content == b""
+            assert (await client.post(base + "/readyz")).status_code == 405
+            r = await client.get(other + "/metrics")
+            assert r.status_code == 404 and r.json()["error"] == "not_found"
+            assert (await client.get(other + "/readyz")).status_code == 200
+            lean.hub.stop()  # no longer following its feed
+            body = await status(client, base + "/readyz", 503)
+            assert body["not_ready"] == {"feed": "not following the committed placements"}
+    finally:
+        server.close()
+        private.close()
+        lean.hub.stop()
+        await lean.store.close()
 
 
 async def test_metrics_only_to_the_configured_networks(
