@@ -160,10 +160,10 @@ SQLITE_COMMIT_BATCH = Histogram(
 
 # -- every process -------------------------------------------------------------------
 
-DEPENDENCIES = ("redis", "postgresql")
 DEPENDENCY_UP = Gauge(
     "openplace_dependency_up",
-    "1 if the dependency answered this process's last check (when scraped or probed)",
+    "1 if the dependency (redis, postgresql) answered this process's last check (when "
+    "scraped or probed)",
     ["dependency"],
     registry=None,
 )
