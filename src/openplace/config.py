@@ -116,9 +116,9 @@ class Settings:
     store_read_timeout_seconds: float = 5.0
     # Distributed mode: how long a placement may wait to be confirmed durable.
     ack_timeout_seconds: float = 10.0
-    # Distributed mode: an API process told to stop (SIGTERM) answers this long more,
-    # closing every connection after its answer and not ready, before it stops listening,
-    # so nginx (whose idle connections to the API last 2 s) moves to the others; a
+    # Distributed mode: an API process told to stop (SIGTERM) stops listening and answers
+    # this long more on its connections, closing each after its answer, not ready, so
+    # nginx (whose idle connections to the API last 2 s) moves to the others; a
     # realtime process waits at most this long for its clients' last frames.
     drain_seconds: float = 3.0
     # Distributed mode (unset: embedded).

@@ -58,6 +58,8 @@ def classify(status: int, body: bytes) -> tuple[Outcome, int | None, str]:
         return "fail", None, detail
     if status == 503 and error == "unavailable":
         return "unknown", None, detail + " (from nginx)"
+    if status == 503 and error == "unconfirmed" and message.startswith("no answer from"):
+        return "unknown", None, detail + " (from nginx)"
     return "unknown", None, detail
 
 

@@ -45,16 +45,19 @@ def uvicorn_config(app: ASGIApp, settings: Settings, drain: Drain | None = None)
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, but SIGTERM (or SIGINT) first drains for ``drain_seconds``: it
-    goes on answering, each answer closing its connection, so that a proxy (nginx keeps
-    connections to the API) moves to the other servers without sending a request down a
-    connection that is being closed. Then uvicorn's graceful shutdown: stop listening,
-    finish the requests in progress (placements waiting for their acknowledgement
-    included). A second signal stops at once."""
+    stops listening at once (a proxy's new connections are refused, and it sends the
+    request to another server: nothing was sent), and goes on answering on the
+    connections it has, each answer closing its connection, so that a proxy (nginx
+    keeps connections to the API) stops using them without sending a request down a
+    connection that is being closed. Then uvicorn's graceful shutdown: finish the
+    requests in progress (placements waiting for their acknowledgement included). A
+    second signal stops at once."""
 
     def __init__(self, config: uvicorn.Config, drain: Drain, drain_seconds: float) -> None:
         super().__init__(config)
         self.drain = drain
         self.drain_seconds = drain_seconds
+        self._listening = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain.since is None and self.drain_seconds > 0:
@@ -65,8 +68,13 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         since = self.drain.since
-        if since is not None and time.monotonic() - since >= self.drain_seconds:
-            self.should_exit = True
+        if since is not None:
+            if self._listening:
+                self._listening = False
+                for server in self.servers:
+                    server.close()
+            if time.monotonic() - since >= self.drain_seconds:
+                self.should_exit = True
         return await super().on_tick(counter)
 
 
