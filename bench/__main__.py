@@ -21,7 +21,7 @@ from harness.servers import PostgresServer
 from bench import report, scenarios
 from bench.stack import Distributed, Embedded
 
-ALL = ("placements", "fanout", "board", "ceiling", "restore", "catchup", "history")
+ALL = ("placements", "event", "fanout", "board", "ceiling", "restore", "catchup", "history")
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
@@ -35,6 +35,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "fan_duration": 10,
         "board_duration": 5,
         "placements_n": 1_000_000,
+        "event_connections": 64,
+        "event_duration": 8,
         "behind": 100_000,
         "history_n": 10_000_000,
         "history_requests": 300,
@@ -52,6 +54,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "fan_duration": 2,
         "board_duration": 1,
         "placements_n": 20_000,
+        "event_connections": 8,
+        "event_duration": 2,
         "behind": 2_000,
         "history_n": 50_000,
         "history_requests": 20,
@@ -105,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     postgres = PostgresServer().start() if "distributed" in modes else None
     try:
         for mode in modes:
-            if only & {"placements", "fanout", "catchup", "board"}:
+            if only & {"placements", "event", "fanout", "catchup", "board"}:
                 figures.update(run_live(mode, only, scale, postgres, say))
         if "ceiling" in only:
             say("ceiling: redis-benchmark running the placement script")
             figures["ceiling.redis"] = scenarios.median_of(
                 [scenarios.redis_ceiling() for _ in range(scale["runs"])]
+            )
+        if "event" in only:
+            say("ceiling: redis-benchmark running the placement script, cooldowns on")
+            cooldown_ms = str(int(scenarios.EVENT_COOLDOWN) * 1000)
+            figures["ceiling.event"] = scenarios.median_of(
+                [scenarios.redis_ceiling(cooldown_ms=cooldown_ms) for _ in range(scale["runs"])]
             )
         if "restore" in only:
             n = scale["placements_n"]
@@ -178,6 +188,25 @@ def run_live(
             finally:
                 stack.stop()
         out[f"{mode}.placements"] = scenarios.median_of(per_run)
+    if "event" in only:
+        say(f"{mode}: a real event's placements (each a new user from a new address, "
+            f"cooldown {scenarios.EVENT_COOLDOWN} s), {runs} runs")  # fmt: skip
+        env = {"OPENPLACE_COOLDOWN_SECONDS": scenarios.EVENT_COOLDOWN}
+        per_run = []
+        for _ in range(runs):
+            stack = start(env=env, **({} if mode == "embedded" else {"api": 2, "realtime": 1}))
+            try:
+                per_run.append(
+                    scenarios.event_placements(
+                        stack,
+                        postgres if mode == "distributed" else None,
+                        connections=scale["event_connections"],
+                        duration=scale["event_duration"],
+                    )
+                )
+            finally:
+                stack.stop()
+        out[f"{mode}.event"] = scenarios.median_of(per_run)
     if "fanout" in only:
         # One embedded process may hold ~20,000 open files here: it gets fewer clients.
         clients = scale["embedded_clients" if mode == "embedded" else "clients"]

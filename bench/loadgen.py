@@ -6,6 +6,8 @@ interpreter with what it measures, and prints one JSON object of results on stdo
 - ``place``: users with their own signed tokens place pixels in a closed loop (each
   waits out its cooldown on 429). Reports acknowledged placements per second and
   latency percentiles, and the wall-clock time each sampled seq was acknowledged.
+- ``event``: a real event's load: every placement from a user who has not placed yet,
+  from an address of its own, over a few keep-alive connections.
 - ``listen``: many websocket clients. Most only count bytes (a raw asyncio protocol
   after the handshake); a sample decode every frame, check that the sequence is
   gapless and record when each seq arrived.
@@ -151,6 +153,74 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
         **counts,
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies).items()},
         "acks": acks,
+    }
+
+
+async def event(args: argparse.Namespace) -> dict[str, Any]:
+    """A real event's load: every placement from a user who has not placed yet, from an
+    address of its own (``X-Forwarded-For``, believed from this trusted host), over
+    ``--connections`` keep-alive connections, as fast as the server answers. The tokens
+    are signed before the clock starts."""
+    signer = TokenSigner(args.secret)
+    tokens = [signer.issue(Identity(f"ev-{args.seed}-{i}")) for i in range(args.users)]
+    parts = urlsplit(args.url)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    counts = {"ok": 0, "ok_total": 0, "cooldown": 0, "error": 0}
+    rng = random.Random(args.seed)
+    fresh = iter(range(len(tokens)))
+    start = time.monotonic()
+    deadline = start + args.duration
+    warmup_end = start + args.warmup
+    exhausted = False
+
+    async def connection() -> None:
+        nonlocal exhausted
+        _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+        while time.monotonic() < deadline:
+            i = next(fresh, None)
+            if i is None:
+                exhausted = True
+                break
+            address = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+            body = b'{"x":%d,"y":%d,"color":%d}' % (
+                rng.randrange(args.width),
+                rng.randrange(args.height),
+                rng.randrange(16),
+            )
+            data = (
+                f"POST /api/pixel HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Authorization: Bearer {tokens[i]}\r\nX-Forwarded-For: {address}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            t0 = time.perf_counter()
+            try:
+                status, _ = await conn.request(data)
+            except ConnectionError:
+                counts["error"] += 1
+                _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+                continue
+            t1 = time.perf_counter()
+            measuring = time.monotonic() >= warmup_end
+            if status == 200:
+                counts["ok_total"] += 1
+                if measuring:
+                    counts["ok"] += 1
+                    latencies.append(t1 - t0)
+            elif status == 429:
+                counts["cooldown"] += 1
+            else:
+                counts["error"] += 1
+        assert conn.transport is not None
+        conn.transport.close()
+
+    await asyncio.gather(*(connection() for _ in range(args.connections)))
+    measured = min(time.monotonic(), deadline) - warmup_end
+    return {
+        "placed_per_s": counts["ok"] / measured if measured > 0 else 0.0,
+        **counts,
+        "exhausted": exhausted,
+        "latency_ms": {k: v * 1000 for k, v in percentiles(latencies).items()},
     }
 
 
@@ -310,6 +380,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--rate", type=float, default=0.0, help="total placements/s (0: as fast as possible)"
     )
+    p = sub.add_parser("event", help="each placement a new user from a new address")
+    p.add_argument("--url", required=True)
+    p.add_argument("--secret", required=True)
+    p.add_argument("--users", type=int, default=100_000, help="tokens signed beforehand")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--warmup", type=float, default=1)
+    p.add_argument("--width", type=int, default=1000)
+    p.add_argument("--height", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("listen")
     p.add_argument("--url", required=True, help="ws://host:port/ws")
     p.add_argument("--clients", type=int, default=100)
@@ -323,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(place(args) if args.command == "place" else listen(args))
+    run = {"place": place, "event": event, "listen": listen}[args.command]
+    result = asyncio.run(run(args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import psutil
 from harness.servers import PostgresServer
 
 from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss
@@ -73,6 +75,79 @@ def placements(stack: Stack, *, users: int, duration: float, procs: int) -> dict
         "p50_ms": max(r["latency_ms"]["p50"] for r in results),
         "p99_ms": max(r["latency_ms"]["p99"] for r in results),
         "errors": sum(r["error"] for r in results),
+    }
+
+
+# -- a real event's load ---------------------------------------------------------------
+
+EVENT_COOLDOWN = "300"  # the default: a user, and an address, place once per 5 minutes
+
+
+def process_kinds(stack: Stack, postgres: PostgresServer | None) -> dict[str, list[int]]:
+    """The processes of a stack by kind, for CPU accounting: API (with the page and, in
+    embedded mode, everything), persister, realtime, nginx, Redis, PostgreSQL."""
+    if isinstance(stack, Embedded):
+        return {"api": stack.pids()}
+    kinds: dict[str, list[int]] = {}
+    for name, proc in stack.cluster.procs.items():
+        kind = name.rstrip("0123456789")
+        kinds.setdefault(kind, []).append(proc.pid)
+    if stack.redis.proc is not None:
+        kinds["redis"] = [stack.redis.proc.pid]
+    if postgres is not None:
+        pidfile = postgres.dir / "data" / "postmaster.pid"
+        kinds["postgresql"] = [int(pidfile.read_text().split()[0])]
+    return kinds
+
+
+def cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system, from /proc) so far of each kind's processes and their
+    children (nginx's workers, PostgreSQL's backends)."""
+    out = {}
+    for kind, pids in kinds.items():
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p = psutil.Process(pid)
+                procs += [p, *p.children(recursive=True)]
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        out[kind] = total
+    return out
+
+
+def event_placements(
+    stack: Stack,
+    postgres: PostgresServer | None,
+    *,
+    connections: int,
+    duration: float,
+    expected_rate: float = 30_000,
+) -> dict[str, Any]:
+    """Placements as in a real event: each from a fresh user and a fresh address, with
+    the default cooldown on (``EVENT_COOLDOWN``), through nginx in distributed mode;
+    placements/s, latency and the CPU each kind of process spent per placement."""
+    kinds = process_kinds(stack, postgres)
+    before = cpu_by_kind(kinds)
+    gen = loadgen(
+        "event", "--url", stack.url, "--secret", SECRET,
+        "--users", str(int(expected_rate * (duration + 1))),
+        "--connections", str(connections), "--duration", str(duration), "--warmup", "1",
+    )  # fmt: skip
+    result = collect(gen)
+    after = cpu_by_kind(kinds)
+    placed = max(1, result["ok_total"])
+    return {
+        "placed_per_s": result["placed_per_s"],
+        "p50_ms": result["latency_ms"]["p50"],
+        "p99_ms": result["latency_ms"]["p99"],
+        "errors": result["error"],
+        "refused": result["cooldown"],
+        "exhausted": result["exhausted"],
+        "cpu_us": {k: (after[k] - before[k]) / placed * 1e6 for k in kinds},
     }
 
 
@@ -270,8 +345,10 @@ def stop_static_nginx() -> None:
 # -- ceiling: the placement script straight against Redis ------------------------------
 
 
-def redis_ceiling(duration_requests: int = 200_000) -> dict[str, Any]:
-    """``redis-benchmark`` running the placement Lua script, no HTTP, no PostgreSQL."""
+def redis_ceiling(duration_requests: int = 200_000, *, cooldown_ms: str = "0") -> dict[str, Any]:
+    """``redis-benchmark`` running the placement Lua script, no HTTP, no PostgreSQL: with
+    the cooldown off, or (``cooldown_ms``) on for the user and the address as in a real
+    event, each call a random user and address of a million."""
     import redis as redis_sync
     from harness.servers import RedisServer
 
@@ -306,8 +383,8 @@ def redis_ceiling(duration_requests: int = 200_000) -> dict[str, Any]:
                 keys.POLICY,
                 keys.COOLDOWN + "__rand_int__",
                 keys.ADDRESS_COOLDOWN + "__rand_int__",
-                "0",
-                "0",
+                cooldown_ms,
+                cooldown_ms,
                 "0",
                 "__rand_int__",
                 "5",

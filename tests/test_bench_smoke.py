@@ -31,7 +31,8 @@ def test_benchmark_smoke_run_prints_every_figure_and_writes_the_report(tmp_path:
                    "GET /api/board through nginx", "placement script straight on Redis",
                    "restore Redis from persister memory", "restart until serving",
                    "catch-up of", "GET /api/board?seq=N p99", "keyframes on disk per 1M",
-                   "timelapse frames/s", "rollback of"):  # fmt: skip
+                   "timelapse frames/s", "rollback of", "event load (a new user",
+                   "CPU µs per placement, event load", "cooldowns on (ceiling)"):  # fmt: skip
         assert figure in run.stdout, figure
     assert "reproduce: python -m bench --smoke" in run.stdout
     report = out.read_text()
