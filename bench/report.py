@@ -294,9 +294,9 @@ def plot(rs: list[Row], path: Path) -> None:
     ax.axvline(1.0, color="#222222", linewidth=1)
     ax.set_xlabel("share of target (1.0 = target; capped at 3)")
     ax.invert_yaxis()
-    ax.set_title("openplace benchmarks against their targets")
+    fig.suptitle("openplace benchmarks against their targets")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
