@@ -165,10 +165,12 @@ class Cluster:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
+                print(f"openplace cluster: {name} did not stop within 10 s of SIGTERM; "
+                      "killed", file=sys.stderr)  # fmt: skip
                 proc.kill()
                 proc.wait()
         self.procs.clear()
