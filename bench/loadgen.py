@@ -84,6 +84,34 @@ class HTTPConnection(asyncio.Protocol):
         return await self.waiter
 
 
+class Client:
+    """One keep-alive connection, opened again when it is lost."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.conn = HTTPConnection()
+
+    async def open(self) -> Client:
+        loop = asyncio.get_running_loop()
+        _, self.conn = await loop.create_connection(HTTPConnection, self.host, self.port)
+        return self
+
+    async def timed(self, data: bytes) -> tuple[int, bytes, float] | None:
+        """``(status, body, seconds)``; ``None`` if the connection was lost (a new one is
+        open for the next request)."""
+        t0 = time.perf_counter()
+        try:
+            status, body = await self.conn.request(data)
+        except ConnectionError:
+            await self.open()
+            return None
+        return status, body, time.perf_counter() - t0
+
+    def close(self) -> None:
+        if self.conn.transport is not None:
+            self.conn.transport.close()
+
+
 async def place(args: argparse.Namespace) -> dict[str, Any]:
     signer = TokenSigner(args.secret)
     rng = random.Random(args.seed)
@@ -92,7 +120,6 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
     acks: dict[int, float] = {}
     counts = {"ok": 0, "cooldown": 0, "error": 0}
     parts = urlsplit(args.url)
-    loop = asyncio.get_running_loop()
     start = time.monotonic()
     deadline = start + args.duration
     warmup_end = start + args.warmup
@@ -109,7 +136,7 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(slot - now)
 
     async def user(token: str) -> None:
-        _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+        client = await Client(parts.hostname or "", parts.port or 80).open()
         head = (
             f"POST /api/pixel HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
@@ -122,19 +149,16 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
             )
             data = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             await pace()
-            t0 = time.perf_counter()
-            try:
-                status, payload = await conn.request(data)
-            except ConnectionError:
+            answer = await client.timed(data)
+            if answer is None:
                 counts["error"] += 1
-                _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
                 continue
-            t1 = time.perf_counter()
+            status, payload, took = answer
             measuring = time.monotonic() >= warmup_end
             if status == 200:
                 if measuring:
                     counts["ok"] += 1
-                    latencies.append(t1 - t0)
+                    latencies.append(took)
                     if args.ack_sample and rng.random() < args.ack_sample:
                         acks[json.loads(payload)["seq"]] = time.time()
             elif status == 429:
@@ -143,8 +167,7 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 counts["error"] += measuring
                 await asyncio.sleep(0.05)
-        assert conn.transport is not None
-        conn.transport.close()
+        client.close()
 
     await asyncio.gather(*(user(t) for t in tokens))
     measured = args.duration - args.warmup
@@ -164,7 +187,6 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
     signer = TokenSigner(args.secret)
     tokens = [signer.issue(Identity(f"ev-{args.seed}-{i}")) for i in range(args.users)]
     parts = urlsplit(args.url)
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     counts = {"ok": 0, "ok_total": 0, "cooldown": 0, "error": 0}
     rng = random.Random(args.seed)
@@ -176,7 +198,7 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
 
     async def connection() -> None:
         nonlocal exhausted
-        _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
+        client = await Client(parts.hostname or "", parts.port or 80).open()
         while time.monotonic() < deadline:
             i = next(fresh, None)
             if i is None:
@@ -193,26 +215,22 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
                 f"Authorization: Bearer {tokens[i]}\r\nX-Forwarded-For: {address}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
-            t0 = time.perf_counter()
-            try:
-                status, _ = await conn.request(data)
-            except ConnectionError:
+            answer = await client.timed(data)
+            if answer is None:
                 counts["error"] += 1
-                _, conn = await loop.create_connection(HTTPConnection, parts.hostname, parts.port)
                 continue
-            t1 = time.perf_counter()
+            status, _, took = answer
             measuring = time.monotonic() >= warmup_end
             if status == 200:
                 counts["ok_total"] += 1
                 if measuring:
                     counts["ok"] += 1
-                    latencies.append(t1 - t0)
+                    latencies.append(took)
             elif status == 429:
                 counts["cooldown"] += 1
             else:
                 counts["error"] += 1
-        assert conn.transport is not None
-        conn.transport.close()
+        client.close()
 
     await asyncio.gather(*(connection() for _ in range(args.connections)))
     measured = min(time.monotonic(), deadline) - warmup_end

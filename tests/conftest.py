@@ -130,6 +130,19 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def session(client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
+    """A new user: its id and its ``Authorization`` header."""
+    r = await client.post("/api/session")
+    assert r.status_code == 201, r.text
+    return r.json()["user_id"], auth(r.json()["token"])
+
+
+async def place(client: httpx.AsyncClient, who: dict[str, str], x: int, y: int,
+                color: int) -> httpx.Response:  # fmt: skip
+    """``POST /api/pixel`` as ``who``."""
+    return await client.post("/api/pixel", json={"x": x, "y": y, "color": color}, headers=who)
+
+
 # Browser tests save what the page showed here, and print the path.
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 

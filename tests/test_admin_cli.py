@@ -16,7 +16,7 @@ from harness.servers import free_port
 from openplace.config import Settings
 from openplace.core.board import Board, Geometry
 from openplace.distributed.cluster import Cluster
-from tests.conftest import ServerFactory, auth, mint_token
+from tests.conftest import ServerFactory, mint_token, place, session
 
 GEOMETRY = Geometry(100, 80)
 
@@ -33,17 +33,6 @@ async def admin(
     if ok:
         assert done.returncode == 0, done.stderr
     return done
-
-
-async def session(client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
-    r = await client.post("/api/session")
-    assert r.status_code == 201, r.text
-    return r.json()["user_id"], auth(r.json()["token"])
-
-
-async def place(client: httpx.AsyncClient, who: dict[str, str], x: int, y: int,
-                color: int) -> httpx.Response:  # fmt: skip
-    return await client.post("/api/pixel", json={"x": x, "y": y, "color": color}, headers=who)
 
 
 async def until_board(client: httpx.AsyncClient, pixels: dict[tuple[int, int], int]) -> None:

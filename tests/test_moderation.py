@@ -25,7 +25,7 @@ from openplace.core.board import Board, Geometry
 from openplace.core.timeline import decode_history
 from openplace.core.wire import decode_frame
 from openplace.distributed.cluster import Cluster
-from tests.conftest import LiveServer, ServerFactory, auth, cluster_env
+from tests.conftest import LiveServer, ServerFactory, auth, cluster_env, place, session
 
 W, H = 100, 80
 GEOMETRY = Geometry(W, H)
@@ -63,17 +63,6 @@ async def canvas(
         yield Canvas(cluster.url, [f"http://127.0.0.1:{p}" for p in cluster.api_ports])
     finally:
         await asyncio.to_thread(cluster.stop)
-
-
-async def session(client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
-    r = await client.post("/api/session")
-    assert r.status_code == 201, r.text
-    return r.json()["user_id"], auth(r.json()["token"])
-
-
-async def place(client: httpx.AsyncClient, who: dict[str, str], x: int, y: int,
-                color: int) -> httpx.Response:  # fmt: skip
-    return await client.post("/api/pixel", json={"x": x, "y": y, "color": color}, headers=who)
 
 
 async def act(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:

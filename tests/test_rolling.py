@@ -11,8 +11,8 @@ from tests.faults import Config, run
 
 
 async def test_a_rolling_restart_loses_nothing_and_clients_resume_without_reloading() -> None:
-    config = Config(seed=11, kinds=("rolling",), rounds=1, warmup=1.5, gap=(0.5, 1.0),
-                    after=1.5, writers=8, clients=4, width=200, height=200,
+    config = Config(seed=11, kinds=("rolling",), rounds=1, warmup=1.0, gap=(0.5, 0.5),
+                    after=1.0, writers=8, clients=4, width=200, height=200,
                     drain_seconds=2.5)  # more than nginx keeps idle connections: 2 s  # fmt: skip
     report = await run(config)
     print(report.table())
