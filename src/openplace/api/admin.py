@@ -20,7 +20,14 @@ from starlette.routing import Route
 from openplace.api.errors import STORE_OUTAGES, APIError, read_store
 from openplace.api.json import JSONResponse
 from openplace.api.params import MAX_SEQ, query_number
-from openplace.api.placing import authorization_of, bearer_token, iso, parse_json, too_large
+from openplace.api.placing import (
+    authorization_of,
+    bearer_token,
+    integer,
+    iso,
+    parse_json,
+    too_large,
+)
 from openplace.auth.moderators import Moderator
 from openplace.auth.tokens import InvalidToken
 from openplace.core.audit import AuditEntry
@@ -141,16 +148,10 @@ def _text(data: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
-def _int(value: object, name: str) -> int:
-    if type(value) is not int:
-        raise _bad(f"'{name}' must be an integer")
-    return value
-
-
 def _rect(request: Request, value: object) -> Rect:
     if not isinstance(value, dict) or value.keys() != {"x", "y", "w", "h"}:
         raise APIError(400, "bad_rect", 'a rectangle is {"x", "y", "w", "h"}')
-    rect = Rect(*(_int(value[k], f"rect.{k}") for k in ("x", "y", "w", "h")))
+    rect = Rect(*(integer(value[k], f"rect.{k}") for k in ("x", "y", "w", "h")))
     try:
         return rect.check(state_of(request).store.geometry)
     except InvalidRect as exc:
@@ -257,7 +258,7 @@ async def fill(request: Request) -> Response:
     moderator = await moderator_of(request)
     data = await _body(request, frozenset({"rect", "color"}))
     rect = _rect(request, data.get("rect"))
-    color = _int(data.get("color", 0), "color")
+    color = integer(data.get("color", 0), "color")
     try:
         check_color(color)
     except InvalidPixel as exc:
@@ -291,7 +292,7 @@ async def protect(request: Request) -> Response:
 async def unprotect(request: Request) -> Response:
     """``POST /api/admin/unprotect``: lift a protected area, by id."""
     moderator = await moderator_of(request)
-    area_id = _int((await _body(request, frozenset({"id"}))).get("id"), "id")
+    area_id = integer((await _body(request, frozenset({"id"}))).get("id"), "id")
     if not 1 <= area_id <= MAX_ID:
         raise _bad(f"'id' must be within 1..{MAX_ID}")
     return _answer(await _act(_moderators(request).unprotect(moderator.name, area_id)))

@@ -97,8 +97,8 @@ def parse_json(body: bytes) -> Any:
 _FIELDS = frozenset(("x", "y", "color"))
 
 
-def _int_field(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
+def integer(value: object, name: str) -> int:
+    """A JSON field that must be an integer, or a 400 naming it."""
     if type(value) is not int:  # bools and floats are not coordinates
         raise APIError(400, "bad_request", f"'{name}' must be an integer")
     return value
@@ -121,7 +121,9 @@ async def place(state: AppState, authorization: str, body: bytes, address: str) 
         raise APIError(400, "bad_request", 'expected an object {"x", "y", "color"}')
     if len(data) > 3 and (unknown := data.keys() - _FIELDS):
         raise APIError(400, "bad_request", f"unknown fields: {', '.join(sorted(unknown))[:200]}")
-    x, y, color = _int_field(data, "x"), _int_field(data, "y"), _int_field(data, "color")
+    x = integer(data.get("x"), "x")
+    y = integer(data.get("y"), "y")
+    color = integer(data.get("color"), "color")
     store = state.store
     try:
         index = store.geometry.index(x, y)

@@ -92,8 +92,11 @@ class StoreUnavailable(Exception):
         self.maybe_placed = maybe_placed
 
 
-def next_allowed(last_placed: float | None, cooldown: float, now: float) -> float | None:
-    """When a user who last placed at ``last_placed`` may place again (None: now)."""
-    if last_placed is None or last_placed + cooldown <= now:
-        return None
-    return last_placed + cooldown
+def next_allowed(cooldown: float, now: float, *last_placed: float | None) -> float | None:
+    """When someone whose cooldowns began at ``last_placed`` (a user's last placement, an
+    address's; ``None``: not counted) may place again (``None``: now)."""
+    end = None
+    for last in last_placed:
+        if last is not None and last + cooldown > now and (end is None or last + cooldown > end):
+            end = last + cooldown
+    return end

@@ -4,28 +4,17 @@ yet, and may still be lost with Redis."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import asyncpg
 import numpy as np
 
 from openplace.core.board import Geometry
-from openplace.core.placement import PixelInfo, StoreUnavailable
+from openplace.core.placement import PixelInfo
 from openplace.core.policy import Rect
 from openplace.core.rollback import PixelFacts, undo_changes
 from openplace.core.timeline import LogSlice, decode_keyframe
+from openplace.distributed.schema import pg_outage
 
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-
-
-@contextlib.asynccontextmanager
-async def _outage() -> AsyncIterator[None]:
-    """PostgreSQL down or restarting: :class:`StoreUnavailable` (a 503), not a 500."""
-    try:
-        yield
-    except _PG_ERRORS as exc:
-        raise StoreUnavailable(f"the history cannot be read: {exc}") from exc
+HISTORY = "the history cannot be read"
 
 
 class PostgresArchive:
@@ -66,7 +55,7 @@ class PostgresArchive:
         return self._pool
 
     async def committed(self) -> tuple[int, float | None]:
-        async with _outage():
+        with pg_outage(HISTORY):
             row = await self.pool.fetchrow(
                 "SELECT seq, extract(epoch FROM ts)::float8 AS t FROM placements "
                 "ORDER BY seq DESC LIMIT 1"
@@ -74,13 +63,13 @@ class PostgresArchive:
             return (0, None) if row is None else (int(row["seq"]), float(row["t"]))
 
     async def keyframe_seqs(self) -> list[int]:
-        async with _outage():
+        with pg_outage(HISTORY):
             return [
                 int(r[0]) for r in await self.pool.fetch("SELECT seq FROM snapshots ORDER BY seq")
             ]
 
     async def keyframe(self, seq: int) -> tuple[int, bytes] | None:
-        async with _outage():
+        with pg_outage(HISTORY):
             row = await self.pool.fetchrow(
                 "SELECT seq, board, codec FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
                 seq,
@@ -90,7 +79,7 @@ class PostgresArchive:
             return int(row["seq"]), decode_keyframe(row["board"], row["codec"])
 
     async def log(self, after: int, upto: int, *, times: bool = False) -> LogSlice:
-        async with _outage():
+        with pg_outage(HISTORY):
             # Arrays, not rows: one value to decode per column instead of a record per row.
             row = await self.pool.fetchrow(
                 "SELECT array_agg(idx ORDER BY seq) AS i, array_agg(color ORDER BY seq) AS c, "
@@ -104,7 +93,7 @@ class PostgresArchive:
             return LogSlice.of(after, row["i"], row["c"], ts)
 
     async def seq_at(self, ts: float) -> int:
-        async with _outage():
+        with pg_outage(HISTORY):
             # Times grow with seqs: binary search on the primary key (no index on ts to keep
             # up on every commit), some 25 lookups on one connection for 10 million rows.
             async with self.pool.acquire() as conn:
@@ -121,7 +110,7 @@ class PostgresArchive:
             return lo
 
     async def pixel_history(self, index: int, limit: int) -> list[PixelInfo]:
-        async with _outage():
+        with pg_outage(HISTORY):
             rows = await self.pool.fetch(
                 "SELECT seq, color, user_id, extract(epoch FROM ts)::float8 AS t FROM placements "
                 "WHERE idx = $1 ORDER BY seq DESC LIMIT $2",
@@ -136,34 +125,34 @@ class PostgresArchive:
         self, users: list[str], after: int, rect: Rect | None
     ) -> tuple[int, list[tuple[int, int]], int]:
         geometry = self.geometry
-        async with (
-            _outage(),
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            head = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM placements"))
-            touched: dict[int, int] = {}
-            for r in await conn.fetch(
-                "SELECT idx, count(*) AS n FROM placements "
-                "WHERE user_id = ANY($1::text[]) AND seq > $2 AND seq <= $3 GROUP BY idx",
-                users, after, head,
-            ):  # fmt: skip
-                if rect is None or rect.contains(*geometry.xy(r["idx"])):
-                    touched[r["idx"]] = r["n"]
-            rows = await conn.fetch(
-                """
-                SELECT p.idx, n.seq, n.color, n.user_id,
-                       (SELECT r.color FROM placements r
-                         WHERE r.idx = p.idx AND r.seq <= $1
-                           AND NOT (r.seq > $2 AND r.user_id = ANY($3::text[]))
-                         ORDER BY r.seq DESC LIMIT 1) AS restore
-                  FROM unnest($4::int[]) AS p(idx)
-                  CROSS JOIN LATERAL (
-                        SELECT seq, color, user_id FROM placements
-                         WHERE idx = p.idx AND seq <= $1 ORDER BY seq DESC LIMIT 1) n
-                """,
-                head, after, users, list(touched),
-            )  # fmt: skip
+        with pg_outage(HISTORY):
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                head = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM placements"))
+                touched: dict[int, int] = {}
+                for r in await conn.fetch(
+                    "SELECT idx, count(*) AS n FROM placements "
+                    "WHERE user_id = ANY($1::text[]) AND seq > $2 AND seq <= $3 GROUP BY idx",
+                    users, after, head,
+                ):  # fmt: skip
+                    if rect is None or rect.contains(*geometry.xy(r["idx"])):
+                        touched[r["idx"]] = r["n"]
+                rows = await conn.fetch(
+                    """
+                    SELECT p.idx, n.seq, n.color, n.user_id,
+                           (SELECT r.color FROM placements r
+                             WHERE r.idx = p.idx AND r.seq <= $1
+                               AND NOT (r.seq > $2 AND r.user_id = ANY($3::text[]))
+                             ORDER BY r.seq DESC LIMIT 1) AS restore
+                      FROM unnest($4::int[]) AS p(idx)
+                      CROSS JOIN LATERAL (
+                            SELECT seq, color, user_id FROM placements
+                             WHERE idx = p.idx AND seq <= $1 ORDER BY seq DESC LIMIT 1) n
+                    """,
+                    head, after, users, list(touched),
+                )  # fmt: skip
         facts = [PixelFacts(r["idx"], r["seq"], r["color"], r["user_id"], r["restore"])
                  for r in rows]  # fmt: skip
         return head, undo_changes(facts, frozenset(users), after), sum(touched.values())

@@ -14,13 +14,11 @@ import asyncpg
 import orjson
 
 from openplace.core.audit import AuditEntry
-from openplace.core.placement import StoreUnavailable
 from openplace.core.policy import Area, Ban, Policy, Rect, parse_network
-from openplace.distributed.schema import migrate
+from openplace.distributed.schema import migrate, pg_outage
 
 T = TypeVar("T")
 P = ParamSpec("P")
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 def _translated(
@@ -30,10 +28,8 @@ def _translated(
 
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with pg_outage("moderation's store cannot be reached"):
             return await method(*args, **kwargs)
-        except _PG_ERRORS as exc:
-            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     return call
 

@@ -37,7 +37,7 @@ from openplace.core.wire import encode_record
 from openplace.distributed import keys
 from openplace.distributed.acks import BoardId, continuing, restore_reason
 from openplace.distributed.archive import PostgresArchive
-from openplace.distributed.schema import PERSISTER_LOCK, get_meta, migrate, set_meta
+from openplace.distributed.schema import PERSISTER_LOCK, PG_ERRORS, get_meta, migrate, set_meta
 from openplace.observe import health, metrics, server
 from openplace.storage.backfill import backfill_keyframes
 from openplace.storage.durability import check_size, load_board, size_text
@@ -51,7 +51,6 @@ def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class RedisPersists(ValueError):
@@ -115,7 +114,7 @@ class Persister:
         while True:
             try:
                 return await self._connect_once(wait_for_lock=wait_for_lock, stop=stop)
-            except _PG_ERRORS as exc:
+            except PG_ERRORS as exc:
                 self._set_role("starting")
                 if not wait_for_lock or (stop is not None and stop.is_set()):
                     raise
@@ -312,7 +311,7 @@ class Persister:
         while not stop.is_set():
             try:
                 await self._run(stop)
-            except _PG_ERRORS as exc:
+            except PG_ERRORS as exc:
                 log.warning("postgresql unavailable (%s); reconnecting", exc)
                 self._set_role("starting")
                 if self._pg is not None:
@@ -320,7 +319,7 @@ class Persister:
                     self._pg = None
                 await asyncio.sleep(0.5)
                 # Waits out the outage, and for the lock: a standby may have taken it.
-                with contextlib.suppress(*_PG_ERRORS):  # raised only once stop is set
+                with contextlib.suppress(*PG_ERRORS):  # raised only once stop is set
                     await self.connect(stop=stop)
 
     async def _run(self, stop: asyncio.Event) -> None:

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import asyncpg
 
+from openplace.core.placement import StoreUnavailable
 from openplace.storage.durability import pending_migrations
+
+# PostgreSQL down, restarting or refusing, as asyncpg reports it.
+PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+@contextlib.contextmanager
+def pg_outage(what: str) -> Iterator[None]:
+    """PostgreSQL's errors as :class:`StoreUnavailable` (a 503, not a 500): ``what``
+    could not be done."""
+    try:
+        yield
+    except PG_ERRORS as exc:
+        raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
 
 MIGRATIONS: list[str] = [
     # 1: the placement log, latest state per pixel, users, board snapshots, metadata.

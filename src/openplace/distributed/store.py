@@ -53,7 +53,7 @@ from openplace.core.wire import RECORD_SIZE
 from openplace.distributed import keys
 from openplace.distributed.acks import Accepted, Acks, BoardId, LogRow, Outcome
 from openplace.distributed.feed import RedisFeed
-from openplace.distributed.schema import migrate
+from openplace.distributed.schema import PG_ERRORS, migrate
 from openplace.observe import health
 from openplace.observe.metrics import watch_acks
 
@@ -74,7 +74,6 @@ async def connect(redis_url: str, database_url: str) -> tuple[aioredis.Redis, as
 # index, color, user, address, and the future for (seq, now_ms, board)
 _Request = tuple[int, int, str, str, "asyncio.Future[tuple[int, int, BoardId]]"]
 _Waiter = asyncio.Future[None]
-_PG_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 async def close_quietly(closing: Awaitable[object], timeout: float = 2.0) -> None:
@@ -138,6 +137,16 @@ def _outage() -> Iterator[None]:
         yield
     except _OUTAGES as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _redis_call() -> Iterator[None]:
+    """As :func:`_outage`, and any other Redis error as :class:`StoreUnavailable` too."""
+    with _outage():
+        try:
+            yield
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
 
 
 def _answer(waiter: _Waiter, outcome: Outcome) -> None:
@@ -234,8 +243,7 @@ class DistributedStore:
         except PlacementRefused:
             # Refused by the policy this process holds: is it still the one in force? (One
             # that allows is checked by the placement script; one that refuses, here.)
-            if not await self._policy_current():
-                await self._reload_policy()
+            await self.current_policy()
             self._check_policy(user_id, address, index)
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future[tuple[int, int, BoardId]] = loop.create_future()
@@ -372,7 +380,7 @@ class DistributedStore:
                     "WHERE seq = ANY($1::bigint[])",
                     seqs,
                 )
-            except _PG_ERRORS as exc:
+            except PG_ERRORS as exc:
                 log.warning("cannot look placements up in the log yet: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -428,12 +436,9 @@ class DistributedStore:
 
     async def _publish_policy(self, policy: Policy) -> int:
         public = orjson.dumps({"version": policy.version, **policy.public()})
-        with _outage():
-            try:
-                return int(await self._policy_script(keys=[keys.POLICY, keys.POLICY_PUBLIC],
-                                                     args=[policy.version, public]))  # fmt: skip
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis: {exc}") from exc
+        with _redis_call():
+            return int(await self._policy_script(keys=[keys.POLICY, keys.POLICY_PUBLIC],
+                                                 args=[policy.version, public]))  # fmt: skip
 
     async def _reload_policy(self) -> None:
         """Read the policy from PostgreSQL and put it in force in Redis (Redis may have
@@ -452,23 +457,17 @@ class DistributedStore:
 
     async def _policy_current(self) -> bool:
         assert self._redis is not None
-        with _outage():
-            try:
-                return int(await self._redis.get(keys.POLICY) or 0) == self._policy.version
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis: {exc}") from exc
+        with _redis_call():
+            return int(await self._redis.get(keys.POLICY) or 0) == self._policy.version
 
     async def _follow_policy(self) -> None:
         """Notice another process's policy change even while nobody places here (the
         placement script notices at once when someone does)."""
-        assert self._redis is not None
         while True:
             await asyncio.sleep(self.policy_poll)
             try:
-                raw = await self._redis.get(keys.POLICY)
-                if int(raw or 0) != self._policy.version:
-                    await self._reload_policy()
-            except (RedisError, OSError, StoreUnavailable) as exc:
+                await self.current_policy()
+            except StoreUnavailable as exc:
                 log.debug("policy not checked: %s", exc)
 
     async def admit_session(self, user_id: str, address: str) -> float | None:
@@ -476,13 +475,10 @@ class DistributedStore:
         key, now = client_key(address), time.time()
         minute = f"{keys.SESSIONS}m:{key}:{int(now) // MINUTE}"
         day = f"{keys.SESSIONS}d:{key}:{int(now) // DAY}"
-        with _outage():
-            try:
-                over = await self._session_script(
-                    keys=[minute, day], args=[self.sessions_per_minute, self.sessions_per_day]
-                )
-            except RedisError as exc:
-                raise StoreUnavailable(f"redis: {exc}") from exc
+        with _redis_call():
+            over = await self._session_script(
+                keys=[minute, day], args=[self.sessions_per_minute, self.sessions_per_day]
+            )
         if over == 0:
             return None
         return window_end(now, DAY if over == 2 else MINUTE) - now
@@ -525,10 +521,8 @@ class DistributedStore:
                     "SELECT last_placed FROM users WHERE user_id = $1", user_id
                 )
                 last = ts.timestamp() if ts is not None else None
-        now = time.time()
-        waits = [t for t in (
-            next_allowed(last, self.cooldown, now) if self._user_cooldown_ms else None,
-            next_allowed(int(by_address) / 1000, self.cooldown, now)
-            if by_address is not None and self._address_cooldown_ms else None,
-        ) if t is not None]  # fmt: skip
-        return UserState(user_id, last, max(waits) if waits else None)
+        address_last = int(by_address) / 1000 if by_address is not None else None
+        next_at = next_allowed(self.cooldown, time.time(),
+                               last if self._user_cooldown_ms else None,
+                               address_last if self._address_cooldown_ms else None)  # fmt: skip
+        return UserState(user_id, last, next_at)

@@ -292,11 +292,9 @@ class EmbeddedStore:
         previous = self._last_placed.get(user_id)
         key = client_key(address) if self.by_address else None
         previous_address = self._address_placed.get(key) if key is not None else None
-        next_at = max(
-            previous + self.cooldown if previous is not None and self.by_user else 0.0,
-            previous_address + self.cooldown if previous_address is not None else 0.0,
-        )
-        if now < next_at:
+        next_at = next_allowed(self.cooldown, now, previous if self.by_user else None,
+                               previous_address)  # fmt: skip
+        if next_at is not None:
             raise CooldownActive(next_at, now)
         placement = Placement(self._next_seq, index, color, user_id, now)
         self._next_seq += 1
@@ -510,12 +508,10 @@ class EmbeddedStore:
         if last is None:
             rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
             last = float(rows[0][0]) if rows else None
-        now = self.clock()
-        mine = next_allowed(last, self.cooldown, now) if self.by_user else None
         by_address = self._address_placed.get(client_key(address)) if self.by_address else None
-        theirs = next_allowed(by_address, self.cooldown, now)
-        waits = [t for t in (mine, theirs) if t is not None]
-        return UserState(user_id, last, max(waits) if waits else None)
+        next_at = next_allowed(self.cooldown, self.clock(), last if self.by_user else None,
+                               by_address)  # fmt: skip
+        return UserState(user_id, last, next_at)
 
     async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
