@@ -18,7 +18,7 @@ from openplace.config import Settings
 from openplace.core.policy import client_key
 from openplace.core.quota import SessionQuota
 from openplace.distributed.cluster import Cluster
-from tests.conftest import ServerFactory, auth, cluster_env
+from tests.conftest import ServerFactory, auth, cluster_env, mint_token
 
 Start = Callable[..., AbstractAsyncContextManager[list[str]]]
 
@@ -138,3 +138,28 @@ def test_addresses_are_counted_as_a_subscriber_has_them() -> None:
     # an IPv6 subscriber has a /64: all of it is one address for the limits
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
     assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+
+
+async def test_the_forwarded_client_is_the_one_the_trusted_proxy_names(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
+    """Behind a trusted proxy (127.0.0.1 here), the address cooldown is the client's:
+    the one hop nginx forwards, or in a chain the last address nginx did not trust."""
+    srv = await server_factory(settings.with_(cooldown_by="both"))
+    client = httpx.AsyncClient(base_url=srv.url, timeout=10)
+
+    async def place(forwarded: str | None) -> int:
+        headers = {**auth(mint_token())}
+        if forwarded is not None:
+            headers["X-Forwarded-For"] = forwarded
+        r = await client.post("/api/pixel", json={"x": 1, "y": 1, "color": 2}, headers=headers)
+        return r.status_code
+
+    assert await place("198.51.100.7") == 200
+    assert await place("198.51.100.7") == 429  # a new user, the same address
+    assert await place("203.0.113.1, 198.51.100.7") == 429  # a chain ending in it
+    assert await place("198.51.100.7, 203.0.113.1") == 200  # one ending in another
+    assert await place("198.51.100.8") == 200
+    assert await place(None) == 200  # the proxy's own request: its own address
+    assert await place(None) == 429
+    await client.aclose()

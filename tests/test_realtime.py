@@ -263,3 +263,20 @@ async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
             while True:
                 await slow.recv()
     assert exc.value.rcvd is not None and exc.value.rcvd.code == 4008
+
+
+async def test_connections_per_forwarded_address_are_limited(
+    server_factory: ServerFactory, settings: Settings
+) -> None:
+    """Through a trusted proxy (here 127.0.0.1), the cap counts the forwarded client."""
+    srv: LiveServer = await server_factory(settings.with_(ws_max_connections_per_ip=1))
+
+    def via(address: str) -> Any:
+        return connect(srv.ws_url, additional_headers={"X-Forwarded-For": address})
+
+    async with via("198.51.100.7") as a, via("198.51.100.8") as b:
+        await a.recv(), await b.recv()
+        with pytest.raises(websockets.InvalidStatus) as exc:
+            async with via("203.0.113.1, 198.51.100.7") as c:  # the proxy appended .7
+                await c.recv()
+        assert exc.value.response.status_code == 429

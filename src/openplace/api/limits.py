@@ -22,6 +22,13 @@ uvicorn's httptools protocol (the fast parser) plus:
   forwarded client address (as uvicorn's proxy-headers middleware names it), and its
   requests without ``X-Forwarded-For`` are its own and not counted.
 
+The protocol also sets an HTTP request's client (and scheme) from a trusted proxy's
+``X-Forwarded-For`` (``X-Forwarded-Proto``), as uvicorn's proxy-headers middleware
+would: it reads those headers anyway, for the counts, and doing it once here keeps a
+middleware and a second parse of the addresses off every request. Websocket handshakes
+are handed to another protocol before their scope exists, so :class:`ForwardedWebsockets`
+does the same for them.
+
 Every refusal is the API's JSON error. The per-address counts are per process.
 
 While the server drains before it stops (``observe/health.py: Drain``), every
@@ -39,10 +46,15 @@ import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
-from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.middleware.proxy_headers import (
+    ProxyHeadersMiddleware,
+    _parse_host_port,
+    _TrustedHosts,
+)
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -356,7 +368,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_pending = True
         if self._trusted_peer:
             self._release_request()
-            address = self._forwarded_client()
+            address = self._forward()
             if address is not None and not self.slots.acquire(address):
                 app, self.app = self.app, _too_many_requests
                 try:
@@ -369,12 +381,33 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.drain.since is not None and self.cycle is not None:
             self.cycle.keep_alive = False  # draining: "Connection: close" on the answer
 
-    def _forwarded_client(self) -> str | None:
-        values = [v for n, v in self.headers if n == b"x-forwarded-for"]
+    def _forward(self) -> str | None:
+        """Set the request's client and scheme from a trusted proxy's ``X-Forwarded-*``
+        headers, as uvicorn's proxy-headers middleware does; the client address, or
+        ``None`` for a request of the proxy's own (a health check, a local tool)."""
+        values: list[bytes] = []
+        proto: bytes | None = None
+        for name, value in self.headers:
+            if name == b"x-forwarded-for":
+                values.append(value)
+            elif name == b"x-forwarded-proto":
+                proto = value
+        if proto is not None:
+            scheme = proto.decode("latin-1").strip()
+            if scheme in _SCHEMES:
+                self.scope["scheme"] = scheme
         if not values:
-            return None  # the trusted host itself (a health check, a local tool)
-        host, _ = self.trusted.get_trusted_client_address(b", ".join(values).decode("latin-1"))
-        return host or None
+            return None
+        if len(values) == 1 and b"," not in values[0]:
+            # One hop: the client whether or not it is trusted itself (uvicorn's rule).
+            host, port = _parse_host_port(values[0].decode("latin-1").strip())
+        else:
+            forwarded = b", ".join(values).decode("latin-1")
+            host, port = self.trusted.get_trusted_client_address(forwarded)
+        if not host:
+            return None
+        self.scope["client"] = (host, port)
+        return host
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -407,6 +440,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._close_with(BAD_HTTP.http())
+
+
+_SCHEMES = frozenset(("http", "https", "ws", "wss"))
+
+
+class ForwardedWebsockets:
+    """uvicorn's proxy-headers middleware for websocket handshakes only: an HTTP
+    request's client is set by :class:`GuardedProtocol`, from the same headers."""
+
+    def __init__(self, app: ASGIApp, trusted_hosts: str) -> None:
+        self.app = app
+        self._forwarded = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._forwarded(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def guarded_protocol(settings: Settings, drain: Drain | None = None) -> type[GuardedProtocol]:

@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from openplace.api.limits import guarded_protocol, raise_fd_limit
+from openplace.api.limits import ForwardedWebsockets, guarded_protocol, raise_fd_limit
 from openplace.config import Settings
 from openplace.observe.health import Drain
 from openplace.realtime.transport import WSProtocol
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def uvicorn_config(app: ASGIApp, settings: Settings, drain: Drain | None = None) -> uvicorn.Config:
     """The uvicorn configuration of an app (also used by the tests)."""
     return uvicorn.Config(
-        app,
+        ForwardedWebsockets(app, settings.trusted_proxies),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -36,8 +36,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, drain: Drain | None = None)
         ws_max_size=settings.ws_max_message_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=None,  # clients ping; a server ping per client costs at 20k
-        proxy_headers=True,
-        forwarded_allow_ips=settings.trusted_proxies,
+        proxy_headers=False,  # GuardedProtocol and ForwardedWebsockets do it
         server_header=False,
         backlog=4096,
     )
