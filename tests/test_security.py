@@ -23,11 +23,12 @@ from harness.servers import PostgresServer, free_port
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from itsdangerous import URLSafeSerializer
+from itsdangerous import BadData, URLSafeSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 from websockets.sync.client import connect
 
 from openplace import logs
-from openplace.auth.tokens import Identity, InvalidToken, TokenSigner
+from openplace.auth.tokens import Identity, InvalidToken, TokenSigner, canonical_base64
 from openplace.config import Settings
 from openplace.distributed.cluster import find_nginx, render_nginx, wait_http
 from openplace.state import state_of
@@ -277,6 +278,17 @@ def test_any_edit_of_a_token_is_refused(edits: list[tuple[str, int, str]]) -> No
     else:
         with pytest.raises(InvalidToken):
             SIGNER.verify(spelling)
+
+
+@hypothesis_settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=EDIT_CHARS, max_size=12))
+def test_one_spelling_is_decoding_and_encoding_again(part: str) -> None:
+    """The quick check of a token part's spelling agrees with its definition."""
+    try:
+        canonical = base64_encode(base64_decode(part)) == part.encode("ascii")
+    except (BadData, UnicodeEncodeError):
+        canonical = False
+    assert canonical_base64(part) is canonical
 
 
 async def test_other_spellings_are_a_401_over_http(client: httpx.AsyncClient) -> None:
