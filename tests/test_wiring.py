@@ -35,11 +35,11 @@ def chain(app: ASGIApp) -> list[ASGIApp]:
 def test_the_middleware_order_is_pinned(settings: Settings) -> None:
     app = create_app(settings)
     classes: list[object] = [m.cls for m in app.user_middleware]
-    assert classes == [PlaceFastPath, SecurityHeaders]
+    assert classes == [SecurityHeaders]
     layers = chain(app.build_middleware_stack())
     assert [type(layer) for layer in layers] == [
+        PlaceFastPath,  # POST /api/pixel answered here, its errors and headers its own
         ServerErrorMiddleware,  # Starlette's: renders an uncaught 500 (handle_unexpected)
-        PlaceFastPath,  # POST /api/pixel answered here, security headers included
         SecurityHeaders,  # every other HTTP answer
         ExceptionMiddleware,  # APIError and HTTPException rendered by api/errors.py
         Router,
@@ -51,6 +51,7 @@ def test_a_process_without_the_api_role_has_no_fast_path(settings: Settings) -> 
     app = create_app(settings, roles={"realtime", "web"})
     classes: list[object] = [m.cls for m in app.user_middleware]
     assert classes == [SecurityHeaders]
+    assert PlaceFastPath not in [type(layer) for layer in chain(app.build_middleware_stack())]
 
 
 class Recorder:
@@ -72,7 +73,7 @@ async def test_a_placement_skips_the_router_and_carries_the_security_headers(
     assert (await client.get("/api/canvas")).status_code == 200  # builds the stack
     app: Starlette = server.app
     assert app.middleware_stack is not None
-    fast = chain(app.middleware_stack)[1]
+    fast = chain(app.middleware_stack)[0]
     assert isinstance(fast, PlaceFastPath)
     recorder = fast.app = Recorder(fast.app)
 

@@ -13,11 +13,13 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.types import ASGIApp
 
 from openplace.api.board_cache import BoardCache
 from openplace.api.errors import (
@@ -51,6 +53,21 @@ def mode(settings: Settings) -> Build:
     else:
         from openplace.embedded import build
     return build
+
+
+class CanvasApp(Starlette):
+    """Starlette, with ``POST /api/pixel`` answered by :class:`PlaceFastPath` ahead of
+    the whole middleware stack when ``fast_path`` (the placement endpoint renders its
+    own errors and adds its own security headers, so Starlette's error middleware and
+    ``SecurityHeaders`` would only wrap its ``send``)."""
+
+    def __init__(self, *, fast_path: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_path = fast_path
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return PlaceFastPath(stack) if self.fast_path else stack
 
 
 def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starlette:
@@ -90,12 +107,10 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
             for r in reversed(opened):
                 await r.close()
 
-    app = Starlette(
+    app = CanvasApp(
+        fast_path="api" in roles,
         routes=routes,
-        # The placement fast path first (it adds the security headers itself: one
-        # wrapper less on the busiest request), then security headers on the rest.
-        middleware=([Middleware(PlaceFastPath)] if "api" in roles else [])
-        + [Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders)],
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,
