@@ -716,11 +716,6 @@ def build_embedded_history(h: SynthHistory, data_dir: Path, say: Say) -> dict[st
     say("history: SQLite indexing the log by pixel and by user")
     for index_sql in indexes:
         db.execute(index_sql)
-    _, users = _pixels_and_users(h)
-    db.executemany(
-        "INSERT INTO users VALUES (?, ?)",
-        [(f"u{u}", HISTORY_T0 + s * HISTORY_STEP) for u, s in users.items()],
-    )
     db.execute("PRAGMA journal_mode=WAL")
     sizes = _sqlite_sizes(db)
     db.close()

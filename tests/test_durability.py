@@ -71,6 +71,43 @@ async def test_restart_uses_snapshot_plus_log_tail(tmp_path: Path) -> None:
     await reopened.close()
 
 
+async def test_cooldowns_and_last_placements_are_read_back_from_the_log(tmp_path: Path) -> None:
+    """After a restart, who is still cooling down and when each user last placed come
+    from the log alone: users long done, just done, still cooling, and one who placed
+    before the cooldown of a later placement of theirs."""
+    now = [1_000.0]
+    path = tmp_path / "c.db"
+
+    def store() -> EmbeddedStore:
+        return EmbeddedStore(path, Geometry(64, 64), 300, clock=lambda: now[0])
+
+    s = store()
+    await s.open()
+    for user, at in (("old", 1_000.0), ("both", 1_100.0), ("done", 1_800.0),
+                     ("both", 2_000.0), ("cool", 2_050.0)):  # fmt: skip
+        now[0] = at
+        await s.place(user, 1, 2, "192.0.2.1")
+    await s.close()
+
+    now[0] = 2_150.0
+    s = store()
+    await s.open()
+    try:
+        for user, last, cooling in (("old", 1_000.0, False), ("done", 1_800.0, False),
+                                    ("both", 2_000.0, True), ("cool", 2_050.0, True),
+                                    ("never", None, False)):  # fmt: skip
+            state = await s.user(user, "192.0.2.1")
+            assert state.last_placed == last, user
+            assert (state.next_at is not None) is cooling, user
+            if cooling:
+                with pytest.raises(CooldownActive):
+                    await s.place(user, 2, 3, "192.0.2.1")
+            else:
+                assert (await s.place(user, 2, 3, "192.0.2.1")).seq > 5
+    finally:
+        await s.close()
+
+
 async def test_failed_commit_fails_everything_uncommitted_and_rolls_back(tmp_path: Path) -> None:
     store = make_store(tmp_path / "db.sqlite3", cooldown=300)
     await store.open()

@@ -119,7 +119,40 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS sessions_by_addr ON sessions (addr);
     CREATE INDEX IF NOT EXISTS placements_by_user ON placements (user_id, seq);
     """,
+    # 5: a user's last placement is the newest of theirs in the log (placements_by_user):
+    # the table that also kept it cost a second insert by user on every commit.
+    """
+    DROP TABLE IF EXISTS users;
+    """,
 ]
+
+
+# Clocks get adjusted: the log is read this much further back than the cooldown.
+CLOCK_SLACK_SECONDS = 60.0
+
+
+def recent_placers(db: sqlite3.Connection, since: float, head: int) -> dict[str, float]:
+    """Each user's newest placement time, for the users who placed after ``since``.
+    The log's times rise with its seqs (one writer, one clock), so the first seq after
+    ``since`` (less a slack) is found by bisection, and only the log after it is read."""
+    lo, hi = 1, head + 1  # the first seq whose time is after the bound, in [lo, hi]
+    bound = since - CLOCK_SLACK_SECONDS
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = db.execute(
+            "SELECT ts FROM placements WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[0] > bound:
+            hi = mid
+        else:
+            lo = mid + 1
+    last: dict[str, float] = {}
+    for user_id, ts in db.execute(
+        "SELECT user_id, ts FROM placements WHERE seq >= ? ORDER BY seq", (lo,)
+    ):
+        if ts > since:
+            last[user_id] = ts
+    return last
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -267,10 +300,7 @@ class EmbeddedStore:
         ).fetchall()
         seqs, indexes, colors = zip(*tail, strict=True) if tail else ((), (), ())
         self._board, self._head = load_board(self.geometry, snapshot, seqs, indexes, colors)
-        since = self.clock() - self.cooldown
-        self._last_placed = dict(
-            db.execute("SELECT user_id, last_placed FROM users WHERE last_placed > ?", (since,))
-        )
+        self._last_placed = recent_placers(db, self.clock() - self.cooldown, self._head)
 
     def _open_reader(self) -> None:
         self._rdb = self._connect()
@@ -379,18 +409,10 @@ class EmbeddedStore:
     def _commit(self, rows: list[tuple[int, int, int, str, float]]) -> None:
         db = self._wdb
         assert db is not None
-        users: dict[str, float] = {}
-        for r in rows:
-            users[r[3]] = r[4]
         started = time.perf_counter()
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO placements VALUES (?, ?, ?, ?, ?)", rows)
-            db.executemany(
-                "INSERT INTO users VALUES (?, ?) ON CONFLICT (user_id) "
-                "DO UPDATE SET last_placed = excluded.last_placed",
-                users.items(),
-            )
             db.execute("COMMIT")
             SQLITE_COMMIT_SECONDS.observe(time.perf_counter() - started)
             SQLITE_COMMIT_BATCH.observe(len(rows))
@@ -506,7 +528,11 @@ class EmbeddedStore:
     async def user(self, user_id: str, address: str) -> UserState:
         last = self._last_placed.get(user_id)
         if last is None:
-            rows = await self._read("SELECT last_placed FROM users WHERE user_id = ?", (user_id,))
+            # Not placed since the store opened (each placement since is in memory).
+            rows = await self._read(
+                "SELECT ts FROM placements WHERE user_id = ? ORDER BY seq DESC LIMIT 1",
+                (user_id,),
+            )
             last = float(rows[0][0]) if rows else None
         by_address = self._address_placed.get(client_key(address)) if self.by_address else None
         next_at = next_allowed(self.cooldown, self.clock(), last if self.by_user else None,
