@@ -158,6 +158,16 @@ def _answer(waiter: _Waiter, outcome: Outcome) -> None:
         waiter.set_exception(StoreUnavailable("lost in a Redis failure; not placed"))
 
 
+def _time_out(waiter: _Waiter) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            StoreUnavailable(
+                "accepted but not confirmed durable in time; it may still appear",
+                maybe_placed=True,
+            )
+        )
+
+
 class DistributedStore:
     """:class:`~openplace.storage.base.Store` on Redis + PostgreSQL."""
 
@@ -275,14 +285,12 @@ class DistributedStore:
             return placement
         if outcome is Outcome.CHECK:
             self._start_checking()
+        # A timer of the loop's, not wait_for: that costs a task's worth per request.
+        timer = loop.call_later(self.ack_timeout, _time_out, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.ack_timeout)
-        except TimeoutError as exc:
-            raise StoreUnavailable(
-                "accepted but not confirmed durable in time; it may still appear",
-                maybe_placed=True,
-            ) from exc
+            await waiter
         finally:
+            timer.cancel()
             self._acks.forget(waiter)
         return placement
 
