@@ -18,10 +18,10 @@ from typing import Any
 
 from harness.servers import PostgresServer
 
-from bench import report, scenarios
+from bench import browser, report, scenarios
 from bench.stack import Distributed, Embedded
 
-ALL = ("placements", "event", "fanout", "board", "ceiling", "restore", "catchup", "history")
+ALL = ("placements", "event", "fanout", "board", "ceiling", "restore", "catchup", "history", "page")
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if "history" in only:
             figures.update(run_history(modes, scale, postgres, say))
+        if "page" in only:  # the page in Chromium, on an embedded server (bench/browser.py)
+            sizes = browser.SCALES["smoke" if args.smoke else "full"]
+            figures["embedded.page"] = browser.run(**sizes, say=say)
     finally:
         scenarios.stop_static_nginx()
         if postgres is not None:

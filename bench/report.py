@@ -195,6 +195,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(Row("restart until serving", "embedded", e["restart_s"], "s", None, False))
     for mode in ("embedded", "distributed"):
         out += history_rows(mode, f.get(f"{mode}.history"))
+    out += page_rows(f.get("embedded.page"))
     return out
 
 
@@ -358,3 +359,23 @@ def write(results: dict[str, Any], rs: list[Row], out: Path) -> None:
         "",
     ]
     out.write_text("\n".join(md))
+
+
+def page_rows(p: dict[str, Any] | None) -> list[Row]:
+    """The page in Chromium (bench/browser.py): its CPU, frames and long tasks at rest and
+    under placements, and whether its board ends equal to the server's."""
+    if not p:
+        return []
+    rest, load, rate = p["rest"], p["load"], f"{p['rate']:,}"
+    return [
+        Row("page CPU at rest (renderer + GPU)", "chromium", rest["cpu_pct"], "% core", 2, False),
+        Row(f"page CPU at {rate} placements/s", "chromium", load["cpu_pct"], "% core", None,
+            False),
+        Row("page board frames drawn/s at rest", "chromium", rest["board_fps"], "/s", 0, False),
+        Row(f"page board frames drawn/s at {rate} placements/s", "chromium", load["board_fps"],
+            "/s", None),
+        Row("page long tasks (at rest, under load)", "chromium",
+            rest["long_tasks"] + load["long_tasks"], "", 0, False),
+        Row("page board bytes unlike the server's after", "chromium", p["board_diff_bytes"], "",
+            0, False),
+    ]  # fmt: skip

@@ -123,25 +123,38 @@ function setCooldown(ms) {
 }
 
 function renderCooldown() {
+  // Runs 4 times a second: it writes to the page only what changed, so a page at rest
+  // recalculates no style and lays nothing out.
   const el = $("cooldown");
   const left = cooldownUntil - performance.now();
+  let state;
+  let text;
+  let title = el.title;
   if (placing) {
-    el.dataset.state = "placing";
-    $("cooldown-text").textContent = "Placing…";
+    state = "placing";
+    text = "Placing…";
   } else if (policy.frozen) {
-    el.dataset.state = "frozen";
-    $("cooldown-text").textContent = "Frozen";
-    el.title = "The canvas is frozen: nobody can place pixels right now";
+    state = "frozen";
+    text = "Frozen";
+    title = "The canvas is frozen: nobody can place pixels right now";
   } else if (left > 0) {
-    el.dataset.state = "cooling";
-    $("cooldown-text").textContent = mmss(left);
-    el.title = "Time until you can place another pixel";
+    state = "cooling";
+    text = mmss(left);
+    title = "Time until you can place another pixel";
   } else {
     if (el.dataset.state === "cooling") updatePreview();
-    el.dataset.state = "ready";
-    $("cooldown-text").textContent = "Ready";
-    el.title = "You can place a pixel";
+    state = "ready";
+    text = "Ready";
+    title = "You can place a pixel";
   }
+  if (el.dataset.state !== state) el.dataset.state = state;
+  setText($("cooldown-text"), text);
+  if (el.title !== title) el.title = title;
+}
+
+/** Set an element's text only if it differs (the same text still costs a layout). */
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
 }
 
 // -- placing ----------------------------------------------------------------------
@@ -441,6 +454,7 @@ let retryTicker = null;
 function renderStatus(state, detail) {
   const el = $("status");
   el.dataset.state = state;
+  if (state === "live") beat();
   clearInterval(retryTicker);
   const text = $("status-text");
   if (state === "live") text.textContent = "Live";
@@ -457,8 +471,25 @@ function renderStatus(state, detail) {
   if (state !== "live") $("online").textContent = "";
 }
 
+// The live dot pulses once when the page goes live and when placements arrive (at most
+// one pulse at a time), not forever: a page with nothing happening animates nothing.
+const BEAT_MS = 2500; // the pulse's animation (style.css) and a little more
+let beating = false;
+const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
+
+function beat() {
+  if (beating || reducedMotion.matches) return;
+  const dot = $("status").querySelector(".dot");
+  beating = true;
+  dot.classList.add("beat");
+  setTimeout(() => {
+    dot.classList.remove("beat");
+    beating = false;
+  }, BEAT_MS);
+}
+
 function renderOnline(n) {
-  $("online").textContent = `${n} online`;
+  setText($("online"), `${n} online`);
 }
 
 // -- the moderator's page ---------------------------------------------------------
@@ -649,6 +680,7 @@ async function main() {
     apply: (index, color) => board.set(index, color),
     onSeq: (seq) => {
       confirmUpTo(seq);
+      beat();
       hist.headChanged();
     },
     onStatus: (state, detail) => {
@@ -717,6 +749,10 @@ async function main() {
       };
     },
     clientOf: (x, y) => view.clientOf(x, y),
+    // Frames that drew the board: the whole view, or only pixels that changed.
+    get draws() {
+      return { ...view.draws };
+    },
     get policy() {
       return { frozen: policy.frozen, protected: policy.protected.map((a) => ({ ...a })) };
     },

@@ -8,6 +8,9 @@ export function parseHex(hex) {
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+// Up to this many changed pixels are copied (and redrawn on screen) one by one; more,
+// and the rectangle around them is copied in one go.
+export const FEW_PIXELS = 1024;
 
 export class Board {
   constructor(width, height, palette) {
@@ -30,6 +33,7 @@ export class Board {
         : ((r << 24) | (g << 16) | (b << 8) | 255) >>> 0;
     });
     this.dirty = null; // [x0, y0, x1, y1] inclusive, or null
+    this.changes = []; // indices of the pixels changed since the last flush, or null: many
     this.onChange = null; // called when something needs redrawing
   }
 
@@ -50,8 +54,7 @@ export class Board {
     const lut = this.lut;
     for (let i = 0; i < n; i++) px[i] = lut[colors[i]];
     for (const [i, c] of this.pending) px[i] = lut[c];
-    this.dirty = [0, 0, this.width - 1, this.height - 1];
-    this.changed();
+    this.invalidate();
   }
 
   /** Replace everything with colours, one a pixel (history mode's checkpoints). */
@@ -61,7 +64,13 @@ export class Board {
     const lut = this.lut;
     for (let i = 0; i < colors.length; i++) px[i] = lut[colors[i]];
     for (const [i, c] of this.pending) px[i] = lut[c];
+    this.invalidate();
+  }
+
+  /** Everything needs copying and drawing again. */
+  invalidate() {
     this.dirty = [0, 0, this.width - 1, this.height - 1];
+    this.changes = null;
     this.changed();
   }
 
@@ -103,6 +112,11 @@ export class Board {
     this.pixels32[index] = this.lut[color];
     const x = index % this.width;
     const y = (index - x) / this.width;
+    const ch = this.changes;
+    if (ch !== null) {
+      if (ch.length < FEW_PIXELS) ch.push(index);
+      else this.changes = null;
+    }
     const d = this.dirty;
     if (d === null) this.dirty = [x, y, x, y];
     else {
@@ -122,8 +136,23 @@ export class Board {
   flush() {
     const d = this.dirty;
     if (d === null) return false;
+    const ch = this.changes;
     this.dirty = null;
-    this.ctx.putImageData(this.image, 0, 0, d[0], d[1], d[2] - d[0] + 1, d[3] - d[1] + 1);
+    this.changes = [];
+    if (ch === null) {
+      this.ctx.putImageData(this.image, 0, 0, d[0], d[1], d[2] - d[0] + 1, d[3] - d[1] + 1);
+    } else {
+      // A few pixels scattered over the board: copy each, not the rectangle around them
+      // all (at 1,000 placements a second that is most of the board, every frame).
+      const w = this.width;
+      for (const i of ch) this.ctx.putImageData(this.image, 0, 0, i % w, (i / w) | 0, 1, 1);
+    }
     return true;
+  }
+
+  /** The indices changed since the last flush, or null if there are many (or everything
+   *  is to be drawn again); flush() copies them. */
+  pendingChanges() {
+    return this.dirty === null ? [] : this.changes;
   }
 }

@@ -413,7 +413,7 @@ export class HistoryMode {
     document.body.classList.remove("history");
     this.el("history").hidden = true;
     this.el("history-open").setAttribute("aria-pressed", "false");
-    this.liveBoard.dirty = [0, 0, this.width - 1, this.height - 1];
+    this.liveBoard.invalidate();
     this.view.setBoard(this.liveBoard);
     this.hooks.onExit();
   }

@@ -4,6 +4,9 @@
 const MAX_ZOOM = 64;
 const DRAG_THRESHOLD = { mouse: 4, pen: 6, touch: 10 };
 const LONG_PRESS_MS = 550;
+// Up to this many changed board pixels are drawn on screen one by one; more, and the
+// whole view is drawn again.
+const FEW_ON_SCREEN = 256;
 
 export class View {
   /**
@@ -30,8 +33,10 @@ export class View {
     this.pointers = new Map();
     this.gesture = null;
     this.frame = 0;
+    this.full = true; // the next frame draws the whole view, not only changed pixels
+    this.draws = { full: 0, pixels: 0 }; // frames drawn, of each kind (for tests, benchmarks)
     this.background = "#e8eaef";
-    board.onChange = () => this.requestDraw();
+    board.onChange = () => this.requestDraw(false);
     this.bind();
     new ResizeObserver(() => this.resize()).observe(canvas);
     this.resize();
@@ -39,8 +44,9 @@ export class View {
 
   /** Draw another board (history mode's) from now on. */
   setBoard(board) {
+    if (this.board !== board) this.board.onChange = null; // its changes are not shown now
     this.board = board;
-    board.onChange = () => this.requestDraw();
+    board.onChange = () => this.requestDraw(false);
     this.requestDraw();
   }
 
@@ -66,7 +72,7 @@ export class View {
     this.canvas.height = Math.round(this.hgt * this.dpr);
     this.background = getComputedStyle(this.canvas).getPropertyValue("--stage").trim() || "#e8eaef";
     this.setView(this.cx, this.cy, this.z, true);
-    this.draw();
+    this.draw(); // at once: resizing the canvas cleared it
   }
 
   setView(cx, cy, z, quiet = false) {
@@ -117,7 +123,14 @@ export class View {
     this.setView(this.cx - dx / this.z, this.cy - dy / this.z, this.z);
   }
 
-  requestDraw() {
+  /**
+   * Draw in the next animation frame, once however often this is called before it.
+   * Nothing is drawn otherwise: a page with nothing happening draws nothing.
+   * @param {boolean} full the whole view (it moved, or what is drawn over the board
+   *   changed); false: only board pixels changed, and only they may be drawn.
+   */
+  requestDraw(full = true) {
+    if (full) this.full = true;
     if (this.frame) return;
     this.frame = requestAnimationFrame(() => {
       this.frame = 0;
@@ -126,6 +139,105 @@ export class View {
   }
 
   draw() {
+    const full = this.full;
+    this.full = false;
+    if (!full && this.drawChanges()) return;
+    this.drawAll();
+  }
+
+  /**
+   * Draw only the board pixels that changed since the last frame, where that is all that
+   * changed. False (nothing drawn) if the whole view must be drawn instead: many pixels,
+   * a pixel on the board's edge or under an outline, or an overlay.
+   */
+  drawChanges() {
+    const { board, ctx, dpr, z } = this;
+    const changes = board.pendingChanges();
+    if (changes === null || changes.length > FEW_ON_SCREEN || this.overlay) return false;
+    if (changes.length === 0) return true;
+    const s = z * dpr; // device pixels a board pixel
+    const origin = this.toScreen(0, 0);
+    const ox = origin.x * dpr;
+    const oy = origin.y * dpr;
+    const right = ox + board.width * s;
+    const bottom = oy + board.height * s;
+    const { width: cw, height: ch } = this.canvas;
+    const over = this.decorationBoxes();
+    const rects = [];
+    for (const i of changes) {
+      const x = i % board.width;
+      const y = (i - x) / board.width;
+      // The device pixels this board pixel touches, whole.
+      const x0 = Math.floor(ox + x * s);
+      const y0 = Math.floor(oy + y * s);
+      const x1 = Math.ceil(ox + (x + 1) * s);
+      const y1 = Math.ceil(oy + (y + 1) * s);
+      if (x1 <= 0 || y1 <= 0 || x0 >= cw || y0 >= ch) continue; // off screen
+      // A device pixel shared with the margin around the board: draw it all.
+      if (x0 < ox || y0 < oy || x1 > right || y1 > bottom) return false;
+      for (const b of over) if (x0 < b[2] && x1 > b[0] && y0 < b[3] && y1 > b[1]) return false;
+      rects.push(x0, y0, x1, y1);
+    }
+    board.flush();
+    ctx.save();
+    ctx.imageSmoothingEnabled = false;
+    for (let k = 0; k < rects.length; k += 4) {
+      const [x0, y0, x1, y1] = rects.slice(k, k + 4);
+      // The board pixels under those device pixels (and one more each side), drawn as a
+      // full draw draws them, clipped to those device pixels.
+      const bx0 = Math.max(0, Math.floor((x0 - ox) / s) - 1);
+      const by0 = Math.max(0, Math.floor((y0 - oy) / s) - 1);
+      const bx1 = Math.min(board.width, Math.ceil((x1 - ox) / s) + 1);
+      const by1 = Math.min(board.height, Math.ceil((y1 - oy) / s) + 1);
+      ctx.save();
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.beginPath();
+      ctx.rect(x0, y0, x1 - x0, y1 - y0);
+      ctx.clip();
+      ctx.setTransform(s, 0, 0, s, ox, oy);
+      const w = bx1 - bx0;
+      const h = by1 - by0;
+      ctx.drawImage(board.canvas, bx0, by0, w, h, bx0, by0, w, h);
+      ctx.restore();
+    }
+    ctx.restore();
+    this.draws.pixels++;
+    return true;
+  }
+
+  /** Device-pixel boxes [x0, y0, x1, y1] of what is drawn over the board: outlines. */
+  decorationBoxes() {
+    const { dpr } = this;
+    const boxes = [];
+    const around = (x, y) => {
+      const z = this.z;
+      const p = this.toScreen(x, y);
+      const size = Math.max(z, 6);
+      const off = (size - z) / 2;
+      const lw = Math.max(1, Math.min(3, z / 8)) * dpr;
+      const m = 2 * lw + 2;
+      const rx = (p.x - off) * dpr;
+      const ry = (p.y - off) * dpr;
+      boxes.push([rx - m, ry - m, rx + size * dpr + m, ry + size * dpr + m]);
+    };
+    if (this.marked) around(this.marked.x, this.marked.y);
+    if (this.hover && this.z >= 3) around(this.hover.x, this.hover.y);
+    const m = 2 * dpr + 2;
+    for (const a of this.areas) {
+      const p = this.toScreen(a.x, a.y);
+      const x0 = p.x * dpr;
+      const y0 = p.y * dpr;
+      const x1 = x0 + a.w * this.z * dpr;
+      const y1 = y0 + a.h * this.z * dpr;
+      boxes.push([x0 - m, y0 - m, x1 + m, y0 + m], [x0 - m, y1 - m, x1 + m, y1 + m]);
+      boxes.push([x0 - m, y0 - m, x0 + m, y1 + m], [x1 - m, y0 - m, x1 + m, y1 + m]);
+    }
+    return boxes;
+  }
+
+  /** Draw the whole view: the margin, the board, what is drawn over it. */
+  drawAll() {
+    this.draws.full++;
     this.board.flush();
     const { ctx, dpr, z, board } = this;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
