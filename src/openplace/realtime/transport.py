@@ -101,6 +101,10 @@ def close_frame(code: int, reason: str) -> bytes:
     return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False, extensions=[])
 
 
+# A dropped client's close frame waits this long behind its backlog, then the socket goes.
+ABORT_AFTER_CLOSE_SECONDS = 5.0
+
+
 class TransportSubscriber:
     """A client fed by direct writes of frames encoded once for everyone.
 
@@ -148,4 +152,4 @@ class TransportSubscriber:
             transport.write(close_frame(code, reason))
             transport.close()
             # A client that never reads would keep the buffer (and the socket) forever.
-            asyncio.get_running_loop().call_later(5.0, transport.abort)
+            asyncio.get_running_loop().call_later(ABORT_AFTER_CLOSE_SECONDS, transport.abort)
