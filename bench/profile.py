@@ -10,8 +10,10 @@ import argparse
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 from harness.servers import PostgresServer
 
 from bench.scenarios import EVENT_COOLDOWN
@@ -21,23 +23,31 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def profile(url: str, pid: int, out: Path, seconds: float) -> str:
-    """Sample ``pid`` while the event load runs against ``url``; the load's result."""
+    """Sample ``pid`` while the event load runs against ``url``; the load's result.
+    The sampler starts once the server is busy: the load generator signs its tokens
+    first, and samples of that wait would be of an idle server."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    sampler = subprocess.Popen(
+    load = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", "event", "--url", url, "--secret", SECRET,
+         "--users", "200000", "--connections", "64", "--duration", str(seconds + 3),
+         "--warmup", "1"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = psutil.Process(pid)
+    server.cpu_percent()
+    while server.cpu_percent(0.25) < 30:
+        if load.poll() is not None:
+            raise RuntimeError("the load generator stopped before the server got busy")
+    time.sleep(1)  # past the warm-up
+    subprocess.run(
         [spy, "record", "-p", str(pid), "-o", str(out), "-d", str(int(seconds)), "-r", "200",
          "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
     )  # fmt: skip
-    load = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", "event", "--url", url, "--secret", SECRET,
-         "--users", "200000", "--connections", "64", "--duration", str(seconds),
-         "--warmup", "1"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    sampler.wait()
-    return load.stdout.strip()
+    result, _ = load.communicate()
+    return result.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
