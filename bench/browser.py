@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import CDPSession, Page, sync_playwright
 
 from bench.scenarios import collect, loadgen
@@ -41,16 +42,6 @@ SCALES: dict[str, dict[str, float]] = {
     "smoke": {"rest": 1, "load": 1, "rate": 100, "settle": 0.5},
 }
 
-CHROMIUM = "/usr/bin/chromium"
-# The browser tests' flags (tests/test_browser.py): the page is measured as it is tested.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Counts, without a requestAnimationFrame loop of its own (which would keep the page
 # busy): the animation frames in which something was drawn on the board's canvas (one

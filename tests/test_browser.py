@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from harness.servers import free_port
 from playwright.sync_api import (
     Browser,
@@ -32,15 +33,6 @@ from playwright.sync_api import (
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PALETTE = [
     "#FFFFFF", "#E4E4E4", "#888888", "#222222", "#FFA7D1", "#E50000", "#E59500", "#A06A42",
     "#E5D900", "#94E044", "#02BE01", "#00D3DD", "#0083C7", "#0000EA", "#CF6EE4", "#820080",

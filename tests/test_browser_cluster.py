@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from harness.servers import RedisServer
 from playwright.async_api import Browser, Page, Response, WebSocket, async_playwright, expect
 
@@ -37,8 +38,6 @@ from openplace.distributed.keys import ONLINE
 from tests.conftest import SHOTS, auth, mint_token
 from tests.test_browser import (
     CANVAS_SHOWS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     MODEL_SHOWS,
     START,
     TIMEOUT,

@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
 
 from openplace.web.security import CONTENT_SECURITY_POLICY
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     START,
     TIMEOUT,
     ApiClient,

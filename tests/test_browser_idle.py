@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.test_browser import (  # noqa: F401  (browser, playwright_sync: fixtures)
+from tests.test_browser import (  # noqa: F401  (app_server, browser, playwright_sync: fixtures)
     MODEL_SHOWS,
     TIMEOUT,
     ApiClient,
     ServerProcess,
+    app_server,
     browser,
     playwright_sync,
     wait_live,
@@ -68,17 +69,9 @@ CANVAS_HASH = """() => {
 
 
 @pytest.fixture
-def app_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path / "data", tmp_path / "server.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def new_page(
     browser: Browser,  # noqa: F811
-    app_server: ServerProcess,
+    app_server: ServerProcess,  # noqa: F811
 ) -> Iterator[Callable[..., Page]]:
     contexts: list[BrowserContext] = []
     errors: list[str] = []
@@ -133,7 +126,7 @@ def place_from_others(url: str, pixels: list[tuple[int, int, int]]) -> int:
 )
 def test_page_at_rest_draws_nothing_and_a_placement_draws_only_it(
     new_page: Callable[..., Page],
-    app_server: ServerProcess,
+    app_server: ServerProcess,  # noqa: F811
     shot: Callable[[Page, str], Path],
     where: str,
     off_screen: set[tuple[int, int]],
@@ -174,7 +167,9 @@ def test_page_at_rest_draws_nothing_and_a_placement_draws_only_it(
 
 
 def test_animations_move_only_transform_and_opacity(
-    new_page: Callable[..., Page], app_server: ServerProcess, shot: Callable[[Page, str], Path]
+    new_page: Callable[..., Page],
+    app_server: ServerProcess,  # noqa: F811
+    shot: Callable[[Page, str], Path],
 ) -> None:
     page = new_page("#x=10&y=10&z=20")
     # Every @keyframes of the page animates only what the compositor moves alone.
@@ -212,7 +207,9 @@ def test_animations_move_only_transform_and_opacity(
 
 
 def test_reduced_motion_runs_no_animation(
-    new_page: Callable[..., Page], app_server: ServerProcess, shot: Callable[[Page, str], Path]
+    new_page: Callable[..., Page],
+    app_server: ServerProcess,  # noqa: F811
+    shot: Callable[[Page, str], Path],
 ) -> None:
     page = new_page("#x=10&y=10&z=20", reduced_motion="reduce")
     assert page.evaluate("() => matchMedia('(prefers-reduced-motion: reduce)').matches")

@@ -20,12 +20,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import Browser, BrowserContext, Dialog, Page, expect, sync_playwright
 
 from openplace.auth.moderators import Moderator, ModeratorSigner
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     START,
     TIMEOUT,
     ApiClient,
