@@ -45,8 +45,12 @@ def canonical_base64(part: str) -> bool:
     the alphabet's characters, a length that is not 1 more than a multiple of 4, and the
     bits of the last character that encode no byte zero. (The same answer as encoding
     what it decodes to and comparing; without the two conversions.)"""
-    if not _BASE64.fullmatch(part):
-        return False
+    return _BASE64.fullmatch(part) is not None and _canonical_end(part)
+
+
+def _canonical_end(part: str) -> bool:
+    """Of a part in the URL-safe alphabet: its length and its last character's unused
+    bits are those of the one spelling."""
     rest = len(part) % 4
     if rest == 1:
         return False
@@ -61,7 +65,8 @@ def canonical_token(token: str) -> bool:
     if not token or len(token) > MAX_TOKEN_CHARS:
         return False
     shape = _SHAPE.fullmatch(token)
-    return shape is not None and all(canonical_base64(part) for part in shape.groups())
+    # The shape has checked the alphabet.
+    return shape is not None and all(_canonical_end(part) for part in shape.groups())
 
 
 class SignedLoads:
