@@ -34,6 +34,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "rate": 1000,
         "fan_duration": 10,
         "board_duration": 5,
+        "board_placing": 1000,
         "placements_n": 1_000_000,
         "event_connections": 64,
         "event_duration": 8,
@@ -53,6 +54,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "rate": 100,
         "fan_duration": 2,
         "board_duration": 1,
+        "board_placing": 50,
         "placements_n": 20_000,
         "event_connections": 8,
         "event_duration": 2,
@@ -252,12 +254,18 @@ def run_live(
         finally:
             stack.stop()
     if "board" in only and mode == "distributed":
-        say("distributed: GET /api/board direct, through nginx, and as a static file")
-        stack = start(api=1, realtime=1)
+        placing = scale["board_placing"]
+        say("distributed: GET /api/board direct, through nginx, and as a static file, "
+            f"with a real event's {placing:,} placements/s running")  # fmt: skip
+        env = {"OPENPLACE_COOLDOWN_SECONDS": scenarios.EVENT_COOLDOWN}
+        stack = start(api=1, realtime=1, env=env)
         assert isinstance(stack, Distributed)
         try:
             out["distributed.board"] = scenarios.median_of(
-                [scenarios.board_fetch(stack, scale["board_duration"]) for _ in range(runs)]
+                [
+                    scenarios.board_fetch(stack, scale["board_duration"], placing)
+                    for _ in range(runs)
+                ]
             )
         finally:
             stack.stop()

@@ -112,6 +112,23 @@ class Client:
             self.conn.transport.close()
 
 
+class Pacer:
+    """Spaces the requests of all connections evenly at ``rate``/s (0: no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate if rate else 0.0
+        self.next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next)
+        self.next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 async def place(args: argparse.Namespace) -> dict[str, Any]:
     signer = TokenSigner(args.secret)
     rng = random.Random(args.seed)
@@ -124,16 +141,7 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
     deadline = start + args.duration
     warmup_end = start + args.warmup
 
-    next_slot = [time.monotonic()]
-
-    async def pace() -> None:
-        """With --rate, space all users' requests evenly."""
-        if args.rate:
-            now = time.monotonic()
-            slot = max(now, next_slot[0])
-            next_slot[0] = slot + 1 / args.rate
-            if slot > now:
-                await asyncio.sleep(slot - now)
+    pace = Pacer(args.rate)
 
     async def user(token: str) -> None:
         client = await Client(parts.hostname or "", parts.port or 80).open()
@@ -148,7 +156,7 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
                 rng.randrange(16),
             )
             data = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-            await pace()
+            await pace.wait()
             answer = await client.timed(data)
             if answer is None:
                 counts["error"] += 1
@@ -182,8 +190,8 @@ async def place(args: argparse.Namespace) -> dict[str, Any]:
 async def event(args: argparse.Namespace) -> dict[str, Any]:
     """A real event's load: every placement from a user who has not placed yet, from an
     address of its own (``X-Forwarded-For``, believed from this trusted host), over
-    ``--connections`` keep-alive connections, as fast as the server answers. The tokens
-    are signed before the clock starts."""
+    ``--connections`` keep-alive connections, as fast as the server answers or at
+    ``--rate`` placements/s. The tokens are signed before the clock starts."""
     signer = TokenSigner(args.secret)
     tokens = [signer.issue(Identity(f"ev-{args.seed}-{i}")) for i in range(args.users)]
     parts = urlsplit(args.url)
@@ -195,6 +203,7 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
     deadline = start + args.duration
     warmup_end = start + args.warmup
     exhausted = False
+    pace = Pacer(args.rate)
 
     async def connection() -> None:
         nonlocal exhausted
@@ -215,6 +224,7 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
                 f"Authorization: Bearer {tokens[i]}\r\nX-Forwarded-For: {address}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
+            await pace.wait()
             answer = await client.timed(data)
             if answer is None:
                 counts["error"] += 1
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--secret", required=True)
     p.add_argument("--users", type=int, default=100_000, help="tokens signed beforehand")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--rate", type=float, default=0, help="placements/s (0: as fast as answered)")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--warmup", type=float, default=1)
     p.add_argument("--width", type=int, default=1000)

@@ -105,7 +105,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     0,
                     False,
                 ),
-                Row("fan-out CPU per websocket send", mode, fo["us_per_send"], "µs", None, False),
+                Row(
+                    "websocket frames delivered/s, all clients",
+                    mode,
+                    fo.get("sends_per_s", float("nan")),
+                    "/s",
+                    None,
+                ),
+                Row(
+                    "fan-out CPU per websocket send",
+                    mode,
+                    fo["us_per_send"],
+                    f"µs ({fo.get('kernel_share_of_send', float('nan')):.0%} in the kernel)",
+                    None,
+                    False,
+                ),
                 Row(
                     "CPU of fan-out / load generator",
                     mode,
@@ -134,6 +148,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
     b = f.get("distributed.board")
     if b:
         static = b["static"]["rps"]
+        placing = b.get("placing")
+        if placing:
+            out.append(Row("placements/s running during the board fetches (event load)",
+                           "distributed", placing["placed_per_s"], "/s", None))  # fmt: skip
         out += [
             Row(
                 "GET /api/board direct",

@@ -22,7 +22,7 @@ from typing import Any, cast
 import psutil
 from harness.servers import PostgresServer
 
-from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, rss
+from bench.stack import SECRET, Distributed, Embedded, cpu_seconds, cpu_split, rss
 from openplace.distributed.cluster import wait_http
 
 Say = Callable[[str], None]
@@ -185,7 +185,7 @@ def fanout(
         ready += json.loads(line)["ready"] if line.startswith(b"{") else 0
     time.sleep(1.0)
     rss_idle = rss(stack.realtime_pids())
-    cpu_before = cpu_seconds(stack.realtime_pids())
+    user_before, system_before = cpu_split(stack.realtime_pids())
     gen_before = cpu_seconds([p.pid for p in listeners])
     # A paced placer: users = rate / 20 each placing 20/s would be a closed loop; instead
     # run enough users with cooldown 0 and let the pace come from a rate-limited loop.
@@ -207,7 +207,9 @@ def fanout(
         str(rate),
     )
     placed = collect(placer)
-    cpu_used = cpu_seconds(stack.realtime_pids()) - cpu_before
+    user_after, system_after = cpu_split(stack.realtime_pids())
+    system_used = system_after - system_before
+    cpu_used = user_after - user_before + system_used
     gen_used = cpu_seconds([p.pid for p in listeners]) - gen_before
     results = [collect(p) for p in listeners]
     acks = {int(k): v for k, v in placed["acks"].items()}
@@ -246,6 +248,8 @@ def fanout(
         # Where the time goes: the fan-out processes' CPU per websocket send, and the
         # load generator's (which shares this machine's two cores).
         "us_per_send": cpu_used / max(1, sends) * 1e6,
+        "sends_per_s": sends / duration,
+        "kernel_share_of_send": system_used / max(cpu_used, 1e-9),
         "realtime_cpu_share": cpu_used / duration,
         "loadgen_cpu_share": gen_used / duration,
     }
@@ -290,8 +294,10 @@ def wrk(url: str, duration: float, connections: int = 64, gzip: bool = False) ->
     }
 
 
-def board_fetch(stack: Distributed, duration: float) -> dict[str, Any]:
-    """GET /api/board direct, through nginx's cache, and nginx serving the same bytes."""
+def board_fetch(stack: Distributed, duration: float, placing: int = 0) -> dict[str, Any]:
+    """GET /api/board direct, through nginx's cache, and nginx serving the same bytes;
+    with ``placing`` > 0, while a real event's placements (each a new user, the
+    cooldown on) run through nginx at that rate, for all three alike."""
     import urllib.request
 
     static = Path(stack.cluster.run_dir or tempfile.mkdtemp()) / "board.bin"
@@ -299,12 +305,27 @@ def board_fetch(stack: Distributed, duration: float) -> dict[str, Any]:
         static.write_bytes(r.read())
     # The ceiling: a second, plain nginx serving the same bytes as a file.
     static_url = _static_nginx(static)
-    return {
-        "direct": wrk(stack.api_urls[0] + "/api/board", duration),
-        "nginx": wrk(stack.url + "/api/board", duration),
-        "static": wrk(static_url, duration),
-        "bytes": static.stat().st_size,
-    }
+    gen = None
+    if placing:
+        span = 3 * (duration + 1) + 2  # the three wrk runs and their start-up
+        gen = loadgen(
+            "event", "--url", stack.url, "--secret", SECRET,
+            "--users", str(int(placing * (span + 2))), "--connections", "16",
+            "--rate", str(placing), "--duration", str(span), "--warmup", "1",
+        )  # fmt: skip
+        time.sleep(1.5)  # its tokens signed and its placements running
+    try:
+        out: dict[str, Any] = {
+            "direct": wrk(stack.api_urls[0] + "/api/board", duration),
+            "nginx": wrk(stack.url + "/api/board", duration),
+            "static": wrk(static_url, duration),
+            "bytes": static.stat().st_size,
+        }
+    finally:
+        placed = collect(gen) if gen is not None else None
+    if placed is not None:
+        out["placing"] = {"placed_per_s": placed["placed_per_s"], "errors": placed["error"]}
+    return out
 
 
 _NGINX_STATIC: list[subprocess.Popen[bytes]] = []

@@ -167,13 +167,19 @@ def rss(pids: list[int]) -> int:
     return total
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of processes (and their children) so far."""
-    total = 0.0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of processes (and their children) so far."""
+    user = system = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc = psutil.Process(pid)
             for p in [proc, *proc.children(recursive=True)]:
                 t = p.cpu_times()
-                total += t.user + t.system
-    return total
+                user += t.user
+                system += t.system
+    return user, system
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (and their children) so far."""
+    return sum(cpu_split(pids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -149,6 +150,58 @@ async def test_every_subscriber_gets_the_same_frame_object() -> None:
     fb = [m for m in gb if isinstance(m, bytes)]
     assert len(fa) == 1 and fa[0] is fb[0]  # encoded once, shared
     assert seqs(ga) == [1, 2, 3]
+
+
+class SlowSink:
+    """A client whose every send takes at least ``seconds`` (a busy or slow machine)."""
+
+    closed = False
+    close_reason = ""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.messages: list[Message] = []
+
+    def offer(self, message: Message, *, bounded: bool = True) -> None:
+        pass
+
+    def write(self, frame: bytes, message: Message) -> None:
+        until = time.perf_counter() + self.seconds
+        while time.perf_counter() < until:
+            pass
+        self.messages.append(message)
+
+    def close(self, reason: str, code: int = 1001) -> None:
+        self.closed = True
+
+
+async def test_slower_sends_make_bigger_batches_not_a_backlog() -> None:
+    """The gathering interval follows the measured cost of a send: at 200 µs a send,
+    100 clients take 20 ms a flush, so placements are gathered for 40 ms (share 0.5)
+    and every placement still reaches every client, in fewer frames."""
+    feed = ListFeed()
+    hub = Hub(feed, replay_limit=1000, send_buffer=10_000, max_per_ip=1000, send_share=0.5)
+    await hub.start()
+    sinks = [SlowSink(200e-6) for _ in range(100)]
+    for sink in sinks:
+        await hub.attach(sink, None)
+    fast_guess = hub.batch_delay()  # before any flush: the default 10 µs a send
+    assert fast_guess == pytest.approx(100 * 10e-6 / 0.5)
+    for _ in range(3):  # each flush measures the sends again
+        feed.add(1)
+        while hub.sent < len(feed.recs):
+            await asyncio.sleep(0.005)
+    assert hub.send_cost.seconds >= 100e-6  # moved most of the way to 200 µs, from 10
+    assert hub.batch_delay() >= 10 * fast_guess
+    assert hub.batch_delay() == pytest.approx(100 * hub.send_cost.seconds / 0.5)
+    for _ in range(20):  # placements arriving one by one, faster than a flush
+        feed.add(1)
+        await asyncio.sleep(0.001)
+    while hub.sent < len(feed.recs):
+        await asyncio.sleep(0.005)
+    messages = sinks[0].messages
+    assert seqs(messages) == list(range(1, len(feed.recs) + 1))  # every one, in order
+    assert len(messages) < 3 + 20  # the 20 late ones shared frames
 
 
 async def test_slow_subscriber_is_closed_others_unaffected() -> None:

@@ -58,16 +58,30 @@ def test_admission_never_exceeds_the_limit(ops: list[tuple[bool, str]], limit: i
 # -- batching -------------------------------------------------------------------------
 
 
-def test_batch_delay_grows_with_clients_up_to_the_cap() -> None:
-    assert core.batch_delay(0, 100_000, 0.1) == 0
-    assert core.batch_delay(1_000, 100_000, 0.1) == pytest.approx(0.01)
-    assert core.batch_delay(50_000, 100_000, 0.1) == 0.1  # capped
+def test_batch_delay_keeps_broadcasting_to_its_share_up_to_the_cap() -> None:
+    assert core.batch_delay(0, 10e-6, 0.5, 1.0) == 0
+    # 10,000 clients at 10 µs a send: a 0.1 s flush, gathered for 0.2 s to use half.
+    assert core.batch_delay(10_000, 10e-6, 0.5, 1.0) == pytest.approx(0.2)
+    # Sends twice as slow (a busier machine): batches twice as long, not a backlog.
+    assert core.batch_delay(10_000, 20e-6, 0.5, 1.0) == pytest.approx(0.4)
+    assert core.batch_delay(1_000_000, 10e-6, 0.5, 1.0) == 1.0  # capped
+
+
+def test_send_cost_follows_what_flushes_to_many_clients_measure() -> None:
+    cost = core.SendCost(initial=10e-6, weight=0.5, min_sends=64)
+    cost.observe(1.0, 10)  # ten sends: overhead, not the cost of a send
+    assert cost.seconds == 10e-6
+    for _ in range(30):
+        cost.observe(0.3, 10_000)  # 30 µs a send
+    assert cost.seconds == pytest.approx(30e-6, rel=1e-3)
+    cost.observe(0.1, 10_000)  # one fast flush moves it part of the way
+    assert 10e-6 < cost.seconds < 30e-6
 
 
 def test_short_delays_flush_without_a_timer() -> None:
     assert core.flush_now(0) and core.flush_now(core.IMMEDIATE)
     assert not core.flush_now(0.002)
-    assert core.flush_now(core.batch_delay(100, 100_000, 0.1))  # 100 clients: 1 ms
+    assert core.flush_now(core.batch_delay(50, 10e-6, 0.5, 1.0))  # 50 clients: 1 ms
 
 
 def records(first: int, n: int) -> bytes:

@@ -87,10 +87,11 @@ class Settings:
     ws_send_buffer_bytes: int = 4 * 1024 * 1024
     ws_max_message_bytes: int = 1024
     online_interval_seconds: float = 2.0
-    # Live frames are gathered for min(max delay, clients / sends per second): more
-    # clients, bigger batches, the same number of socket writes per second.
-    ws_sends_per_second: int = 100_000
-    ws_max_batch_delay_seconds: float = 0.1
+    # Live frames are gathered for min(max delay, clients x measured time of a send /
+    # share): broadcasting takes at most this share of a realtime process's time, so
+    # with more clients (or slower sends) batches grow instead of writes queueing up.
+    ws_send_share: float = 0.5
+    ws_max_batch_delay_seconds: float = 1.0
     # Proxies whose X-Forwarded-For is believed (comma-separated addresses; as uvicorn's
     # forwarded_allow_ips). Behind nginx on the same host, the default is right.
     trusted_proxies: str = "127.0.0.1"
@@ -197,6 +198,10 @@ class Settings:
         for name in timeouts:
             if not 0 < getattr(self, name) <= 3600:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be > 0 and <= 3600")
+        if not 0 < self.ws_send_share <= 1:
+            raise ValueError("OPENPLACE_WS_SEND_SHARE must be > 0 and <= 1")
+        if not 0 <= self.ws_max_batch_delay_seconds <= 10:
+            raise ValueError("OPENPLACE_WS_MAX_BATCH_DELAY_SECONDS must be within 0..10")
         if not 0 <= self.drain_seconds <= 600:
             raise ValueError("OPENPLACE_DRAIN_SECONDS must be within 0..600")
         if self.ack_timeout_seconds <= 0:

@@ -49,9 +49,35 @@ class Admission:
 # -- batching -------------------------------------------------------------------------
 
 
-def batch_delay(clients: int, sends_per_second: int, max_delay: float) -> float:
-    """How long to gather placements: enough that sends/s stay within budget."""
-    return min(max_delay, clients / sends_per_second)
+class SendCost:
+    """The measured wall time of one broadcast send: an exponentially weighted mean.
+
+    A flush to few clients is mostly fixed overhead, so only flushes to at least
+    ``min_sends`` clients are counted. ``initial`` stands until the first of those.
+    """
+
+    __slots__ = ("min_sends", "seconds", "weight")
+
+    def __init__(self, initial: float = 10e-6, weight: float = 0.2, min_sends: int = 64) -> None:
+        self.seconds = initial
+        self.weight = weight
+        self.min_sends = min_sends
+
+    def observe(self, elapsed: float, sends: int) -> None:
+        """A broadcast wrote ``sends`` frames in ``elapsed`` seconds."""
+        if sends >= self.min_sends:
+            self.seconds += self.weight * (elapsed / sends - self.seconds)
+
+
+def batch_delay(clients: int, send_seconds: float, share: float, max_delay: float) -> float:
+    """How long to gather placements so that broadcasting takes ``share`` of the time.
+
+    One flush to ``clients`` takes ``clients * send_seconds``; gathering for that
+    divided by ``share`` keeps the process's sends within that share of a core, so the
+    writes never fall behind and queue up, whatever the number of clients or the cost
+    of a send on this machine. Capped at ``max_delay``.
+    """
+    return min(max_delay, clients * send_seconds / share)
 
 
 def flush_now(delay: float) -> bool:

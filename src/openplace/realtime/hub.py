@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -66,8 +67,8 @@ class Hub:
         replay_limit: int,
         send_buffer: int,
         max_per_ip: int,
-        sends_per_second: int = 100_000,
-        max_batch_delay: float = 0.1,
+        send_share: float = 0.5,
+        max_batch_delay: float = 1.0,
     ) -> None:
         self.feed = feed
         self.replay_limit = replay_limit
@@ -76,8 +77,9 @@ class Hub:
         self.admission = core.Admission(max_per_ip)
         self.history = History(replay_limit)
         self.subscribers: set[Sink] = set()
-        self.sends_per_second = sends_per_second
+        self.send_share = send_share
         self.max_batch_delay = max_batch_delay
+        self.send_cost = core.SendCost()
         self.batch = core.Batch()  # what is broadcast, what waits for the next flush
         self._flush: asyncio.TimerHandle | asyncio.Handle | None = None
         self._per_ip = self.admission.counts  # address -> connections held
@@ -131,9 +133,9 @@ class Hub:
         return self.batch.sent
 
     def batch_delay(self) -> float:
-        """How long to gather placements: enough that sends/s stay within budget."""
-        return core.batch_delay(len(self.subscribers), self.sends_per_second,
-                                self.max_batch_delay)  # fmt: skip
+        """How long to gather placements: broadcasting takes ``send_share`` of the time."""
+        return core.batch_delay(len(self.subscribers), self.send_cost.seconds,
+                                self.send_share, self.max_batch_delay)  # fmt: skip
 
     def publish(self, first_seq: int, records: bytes) -> None:
         """Add placements ``first_seq ..`` and schedule their broadcast."""
@@ -165,6 +167,7 @@ class Hub:
         """Write ``message`` to every subscriber; returns to how many."""
         frame = encode(message)
         subscribers = list(self.subscribers)
+        began = time.perf_counter()
         for sub in subscribers:
             sub.write(frame, message)
             if sub.closed:
@@ -172,6 +175,9 @@ class Hub:
                 if sub.close_reason == "too slow":
                     metrics.SLOW_DROPPED.inc()
         n = len(subscribers)
+        # Wall time, not CPU time: a process that shares its core writes more slowly,
+        # and its batches must grow for that too.
+        self.send_cost.observe(time.perf_counter() - began, n)
         metrics.FRAMES_SENT.inc(n)
         metrics.BYTES_SENT.inc(n * len(frame))
         return n

@@ -15,7 +15,7 @@ def build_hub(settings: Settings, feed: Feed) -> Hub:
         replay_limit=settings.replay_limit,
         send_buffer=settings.ws_send_buffer_bytes,
         max_per_ip=settings.ws_max_connections_per_ip,
-        sends_per_second=settings.ws_sends_per_second,
+        send_share=settings.ws_send_share,
         max_batch_delay=settings.ws_max_batch_delay_seconds,
     )
 
