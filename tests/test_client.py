@@ -37,7 +37,7 @@ from openplace.distributed.cluster import Cluster
 from tests.conftest import LiveServer, cluster_env, mint_token
 
 W, H = 100, 80
-FAST = {"backoff": (0.05, 1.0)}  # reconnect quickly: a test restarts servers
+FAST = (0.05, 1.0)  # backoff: reconnect quickly, a test restarts servers
 
 
 def moderator() -> dict[str, str]:
@@ -195,7 +195,7 @@ async def test_live_board_follows_others_and_resumes_after_a_restart(
     server: LiveServer,
 ) -> None:
     await others_place(server.url, [(1, 1, 1), (2, 1, 2)])
-    async with LiveBoard(server.url, **FAST) as live:
+    async with LiveBoard(server.url, backoff=FAST) as live:
         assert live.seq == 2 and live.colors[1, 2] == 2 and live.connected
         colors = live.colors  # kept live, in place
         seen: list[Placement] = []
@@ -257,7 +257,7 @@ async def test_live_board_on_a_cluster_survives_restarts_and_a_redis_restore(
     stack: Cluster, redis_server: RedisServer
 ) -> None:
     await others_place(stack.url, [(i, 0, 5) for i in range(5)])
-    async with LiveBoard(stack.url, **FAST) as live:
+    async with LiveBoard(stack.url, backoff=FAST) as live:
         before = live.board_id
         seqs = await others_place(stack.url, [(i, 1, 6) for i in range(5)])
         await assert_live_equals_server(live, stack.url)
