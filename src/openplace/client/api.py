@@ -165,6 +165,7 @@ class Api:
     def me(self) -> Call[Me]:
         def read(response: httpx.Response) -> Me:
             d = _json(response)
+            self.user_id = d["user_id"]
             last, after = parse_time(d.get("last_placed_at")), parse_time(d.get("next_at"))
             return Me(d["user_id"], last, after)
 

@@ -43,7 +43,8 @@ class _Base:
 
     @property
     def user_id(self) -> str | None:
-        """The user of the session this client made (``None`` for a given token)."""
+        """The user of this client's token: from :meth:`session` or :meth:`me` (``None``
+        before either)."""
         return self._api.user_id
 
 

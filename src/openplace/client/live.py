@@ -114,7 +114,7 @@ class LiveBoard:
         self.policy: Policy | None = None
         """The moderators' policy, when the server sent it (frozen or protected areas)."""
         self.reconnects = 0
-        """How often the websocket was opened again after the first time."""
+        """How often the stream came back (a ``hello`` after the first one)."""
         self.resyncs = 0
         """How often the server said ``resync`` and the board was fetched again."""
 
@@ -244,7 +244,6 @@ class LiveBoard:
     async def _run(self) -> None:
         expect: Resync | None = None
         last_resync = -1e9
-        opened = 0
         try:
             while True:
                 delay: float | None = None
@@ -252,9 +251,6 @@ class LiveBoard:
                     if expect is not None:
                         await self._reload(expect)
                         expect = None
-                    opened += 1
-                    if opened > 1:
-                        self.reconnects += 1
                     code = await self._listen()
                     if code == CLOSE_TOO_SLOW:
                         delay = random.random() * 0.1
@@ -343,6 +339,8 @@ class LiveBoard:
         self._attempt = 0
         if self._first is not None and not self._first.done():
             self._first.set_result(None)
+        else:
+            self.reconnects += 1
 
 
 def _close_code(ws: ClientConnection) -> int | None:
