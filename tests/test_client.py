@@ -4,6 +4,8 @@ cluster: what a bot or a viewer built on it notices."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -72,6 +74,18 @@ async def assert_live_equals_server(live: LiveBoard, url: str) -> None:
         r = await raw.get(url + "/api/board", params={"fresh": time.time_ns()})
     if r.headers["x-seq"] == str(live.seq):
         assert live.board.packed() == r.content
+
+
+def test_the_client_loads_no_server_code() -> None:
+    """A bot installs the client without running a server: it loads only the pure core."""
+    code = (
+        "import sys, openplace.client\n"
+        "print(sorted(m for m in sys.modules if m.startswith('openplace.')\n"
+        "             and not m.startswith(('openplace.client', 'openplace.core'))))\n"
+        "print(sorted(m for m in ('redis', 'asyncpg', 'starlette', 'uvicorn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "[]"], out.stdout + out.stderr
 
 
 # -- the HTTP client -------------------------------------------------------------------
