@@ -4,6 +4,7 @@
 import { Board } from "./board.js";
 import { HistoryMode } from "./history.js";
 import { Api, ApiError, LiveStream } from "./net.js";
+import { Templates } from "./template.js";
 import { View } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -27,6 +28,7 @@ let policy = { frozen: false, protected: [] }; // the moderators' (GET /api/poli
 let policyVersion = 0; // bumped by every policy learnt, so an older answer cannot undo a newer one
 let moderator = null; // moderator.js's hooks, on a moderator's page once it is loaded
 let shownUser = null; // the user id the pixel panel shows as having placed the pixel
+let tmpl = null; // the template overlay (template.js)
 
 // -- small UI helpers -------------------------------------------------------------
 
@@ -334,6 +336,7 @@ async function inspect(x, y) {
   $("toast").classList.remove("show"); // on phones they share the top of the screen
   view.marked = { x, y };
   view.requestDraw();
+  tmpl.renderHere();
   $("info-coords").textContent = at === null ? `(${x}, ${y})` : `(${x}, ${y}) at #${at}`;
   $("info-swatch").style.setProperty("--c", board.palette[view.board.get(x, y)]);
   $("info-user").textContent = "…";
@@ -382,6 +385,7 @@ function closeInfo() {
     view.marked = null;
     view.requestDraw();
   }
+  if (tmpl) tmpl.renderHere();
 }
 
 // -- the view in the URL ----------------------------------------------------------
@@ -403,6 +407,7 @@ function hashChanged() {
     return;
   }
   applyHash();
+  tmpl.fromHash(new URLSearchParams(location.hash.slice(1)));
   const { seq } = parseHash();
   if (seq !== null) hist.enter(seq);
   else if (inHistory()) hist.exit();
@@ -427,7 +432,8 @@ function viewMoved() {
   scheduleHash();
 }
 
-/** Keep the view (and in history mode the moment shown) in the URL, at most 5 times a second. */
+/** Keep the view (in history mode the moment shown, and a URL template) in the URL, at most
+ *  5 times a second. */
 function scheduleHash() {
   if (hashTimer !== null) return;
   hashTimer = setTimeout(() => {
@@ -435,6 +441,8 @@ function scheduleHash() {
     const z = Math.round(view.z * 100) / 100;
     let hash = `#x=${Math.floor(view.cx)}&y=${Math.floor(view.cy)}&z=${z}`;
     if (inHistory()) hash += `&seq=${hist.seq}`;
+    const template = tmpl.hashPart();
+    if (template) hash += `&${template}`;
     if (location.hash !== hash) history.replaceState(null, "", hash);
   }, 200);
 }
@@ -539,6 +547,7 @@ async function loadBoard(expect) {
   }
   const { data, seq, boardId } = fetched;
   board.load(data);
+  tmpl.recount();
   confirmUpTo(seq);
   return { seq, boardId };
 }
@@ -575,6 +584,8 @@ function bindControls() {
     const url = new URL(location.href);
     url.hash = `x=${m.x}&y=${m.y}&z=${Math.max(8, Math.round(view.z))}`;
     if (inHistory()) url.hash += `&seq=${hist.seq}`;
+    const template = tmpl.hashPart();
+    if (template) url.hash += `&${template}`;
     try {
       await navigator.clipboard.writeText(url.href);
       toast("Link copied");
@@ -600,7 +611,9 @@ function bindControls() {
     else if (k === "+" || k === "=") view.zoomBy(1.6);
     else if (k === "-" || k === "_") view.zoomBy(1 / 1.6);
     else if (k === "i" || k === "I") setInspect(!inspectMode);
+    else if (k === "t" || k === "T") tmpl.toggle();
     else if (k === "Escape") {
+      if (!$("template").hidden) tmpl.setOpen(false);
       closeInfo();
       setInspect(false);
     } else if (k.startsWith("Arrow")) {
@@ -630,6 +643,15 @@ async function main() {
     onMove: viewMoved,
   });
   if (!applyHash()) view.setView(width / 2, height / 2, view.fitZoom(), true);
+  tmpl = new Templates({
+    view,
+    board,
+    el: $,
+    toast,
+    selected: () => view.marked,
+    onChange: scheduleHash,
+  });
+  tmpl.fromHash(new URLSearchParams(location.hash.slice(1)));
   openAtSeq = parseHash().seq;
   hist = new HistoryMode({
     width,
@@ -677,7 +699,11 @@ async function main() {
       }
       return loaded;
     },
-    apply: (index, color) => board.set(index, color),
+    apply: (index, color) => {
+      const before = board.colors[index];
+      board.set(index, color);
+      if (before !== undefined) tmpl.placed(index, before, board.colors[index]);
+    },
     onSeq: (seq) => {
       confirmUpTo(seq);
       beat();
@@ -752,6 +778,21 @@ async function main() {
     // Frames that drew the board: the whole view, or only pixels that changed.
     get draws() {
       return { ...view.draws };
+    },
+    get template() {
+      return {
+        loaded: tmpl.loaded,
+        loading: tmpl.loading,
+        visible: tmpl.visible,
+        x: tmpl.x,
+        y: tmpl.y,
+        w: tmpl.w,
+        h: tmpl.h,
+        opacity: tmpl.opacity,
+        url: tmpl.url,
+        differs: tmpl.differs,
+        error: tmpl.error,
+      };
     },
     get policy() {
       return { frozen: policy.frozen, protected: policy.protected.map((a) => ({ ...a })) };

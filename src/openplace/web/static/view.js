@@ -30,6 +30,8 @@ export class View {
     this.marked = null; // {x, y} highlighted (inspected pixel)
     this.overlay = null; // an image the size of the board drawn over it (heatmap), or null
     this.areas = []; // protected rectangles [{x, y, w, h}] outlined over the board
+    // A template (template.js) drawn over the board: {image, x, y, w, h, opacity}, or null.
+    this.template = null;
     this.pointers = new Map();
     this.gesture = null;
     this.frame = 0;
@@ -198,6 +200,7 @@ export class View {
       const w = bx1 - bx0;
       const h = by1 - by0;
       ctx.drawImage(board.canvas, bx0, by0, w, h, bx0, by0, w, h);
+      if (this.template) this.drawTemplate(bx0, by0, bx1, by1);
       ctx.restore();
     }
     ctx.restore();
@@ -260,6 +263,7 @@ export class View {
       ctx.drawImage(this.overlay, 0, 0, board.width, board.height);
       ctx.globalAlpha = 1;
     }
+    if (this.template) this.drawTemplate(0, 0, board.width, board.height);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     if (this.areas.length) this.drawAreas();
     if (this.marked) this.outline(this.marked.x, this.marked.y, "#2563eb", null);
@@ -267,6 +271,23 @@ export class View {
       const fill = this.preview === null ? null : board.palette[this.preview];
       this.outline(this.hover.x, this.hover.y, "rgba(17, 24, 39, 0.85)", fill);
     }
+  }
+
+  /**
+   * The part of the template over board pixels [x0, x1) x [y0, y1), under the board's
+   * transform: one template pixel a board pixel, never past the board's edge.
+   */
+  drawTemplate(x0, y0, x1, y1) {
+    const t = this.template;
+    const ax = Math.max(x0, t.x);
+    const ay = Math.max(y0, t.y);
+    const bx = Math.min(x1, t.x + t.w, this.board.width);
+    const by = Math.min(y1, t.y + t.h, this.board.height);
+    if (bx <= ax || by <= ay) return;
+    const { ctx } = this;
+    ctx.globalAlpha = t.opacity;
+    ctx.drawImage(t.image, ax - t.x, ay - t.y, bx - ax, by - ay, ax, ay, bx - ax, by - ay);
+    ctx.globalAlpha = 1;
   }
 
   /** A thin dashed outline, white and dark in turn (seen on any colour), around each area. */
