@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, FilePayload, Page, expect
 
 from tests.test_browser import (  # noqa: F401  (app_server, browser, playwright_sync: fixtures)
     PALETTE,
@@ -171,7 +171,7 @@ def test_template_from_file(
     expect(panel).to_be_visible()
     expect(page.locator("#template-open")).to_have_attribute("aria-pressed", "true")
     page.locator("#template-file").set_input_files(
-        files=[{"name": "flag.png", "mimeType": "image/png", "buffer": flag}]
+        files=[FilePayload(name="flag.png", mimeType="image/png", buffer=flag)]
     )
     expect(page.locator("#template-status")).to_have_text("flag.png · 4\N{MULTIPLICATION SIGN}3")
     set_position(page, 6, 7)

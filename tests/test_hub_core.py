@@ -60,10 +60,14 @@ def test_admission_never_exceeds_the_limit(ops: list[tuple[bool, str]], limit: i
 
 def test_batch_delay_keeps_broadcasting_to_its_share_up_to_the_cap() -> None:
     assert core.batch_delay(0, 10e-6, 0.5, 1.0) == 0
-    # 10,000 clients at 10 µs a send: a 0.1 s flush, gathered for 0.2 s to use half.
-    assert core.batch_delay(10_000, 10e-6, 0.5, 1.0) == pytest.approx(0.2)
+    # 10,000 clients at 10 µs a send: a 0.1 s flush; half the time means 0.1 s between.
+    assert core.batch_delay(10_000, 10e-6, 0.5, 1.0) == pytest.approx(0.1)
+    # A flush is 80% of each cycle (the flush, then the gathering) at share 0.8.
+    delay = core.batch_delay(10_000, 10e-6, 0.8, 1.0)
+    assert 0.1 / (0.1 + delay) == pytest.approx(0.8)
     # Sends twice as slow (a busier machine): batches twice as long, not a backlog.
-    assert core.batch_delay(10_000, 20e-6, 0.5, 1.0) == pytest.approx(0.4)
+    assert core.batch_delay(10_000, 20e-6, 0.5, 1.0) == pytest.approx(0.2)
+    assert core.batch_delay(10_000, 20e-6, 1.0, 1.0) == 0  # share 1: back to back
     assert core.batch_delay(1_000_000, 10e-6, 0.5, 1.0) == 1.0  # capped
 
 
@@ -81,7 +85,7 @@ def test_send_cost_follows_what_flushes_to_many_clients_measure() -> None:
 def test_short_delays_flush_without_a_timer() -> None:
     assert core.flush_now(0) and core.flush_now(core.IMMEDIATE)
     assert not core.flush_now(0.002)
-    assert core.flush_now(core.batch_delay(50, 10e-6, 0.5, 1.0))  # 50 clients: 1 ms
+    assert core.flush_now(core.batch_delay(100, 10e-6, 0.5, 1.0))  # 100 clients: 1 ms
 
 
 def records(first: int, n: int) -> bytes:

@@ -87,8 +87,8 @@ class Settings:
     ws_send_buffer_bytes: int = 4 * 1024 * 1024
     ws_max_message_bytes: int = 1024
     online_interval_seconds: float = 2.0
-    # Live frames are gathered for min(max delay, clients x measured time of a send /
-    # share): broadcasting takes at most this share of a realtime process's time, so
+    # Live frames are gathered so that flushing (clients x measured time of a send)
+    # takes at most this share of each gather-and-flush cycle of a realtime process, so
     # with more clients (or slower sends) batches grow instead of writes queueing up.
     ws_send_share: float = 0.5
     ws_max_batch_delay_seconds: float = 1.0

@@ -72,12 +72,13 @@ class SendCost:
 def batch_delay(clients: int, send_seconds: float, share: float, max_delay: float) -> float:
     """How long to gather placements so that broadcasting takes ``share`` of the time.
 
-    One flush to ``clients`` takes ``clients * send_seconds``; gathering for that
-    divided by ``share`` keeps the process's sends within that share of a core, so the
-    writes never fall behind and queue up, whatever the number of clients or the cost
-    of a send on this machine. Capped at ``max_delay``.
+    One flush to ``clients`` takes ``F = clients * send_seconds``, and the next gathering
+    starts after it: a cycle is the delay plus ``F``. A delay of ``F * (1 - share) /
+    share`` makes the flushes ``share`` of each cycle, so the writes never fall behind
+    and queue up, whatever the number of clients or the cost of a send on this machine
+    (at ``share`` 1, flushes run back to back). Capped at ``max_delay``.
     """
-    return min(max_delay, clients * send_seconds / share)
+    return min(max_delay, clients * send_seconds * (1 - share) / share)
 
 
 def flush_now(delay: float) -> bool:
