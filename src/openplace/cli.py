@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_distributed("cluster"))
     from openplace.history import commands as history
     from openplace.moderation import commands as moderation
+    from openplace.templates import commands as templates
 
     history.add_arguments(sub)
     moderation.add_arguments(sub)
+    templates.add_arguments(sub)
     args = parser.parse_args(argv)
     try:
         settings = settings_from(args)
