@@ -4,36 +4,41 @@ Writers share one counter of pixels, so every placement is on a pixel never used
 before, with a colour from 1 to 15: the log can then be checked exactly (a pixel in it
 twice was placed twice; a pixel missing from it was lost).
 
-A :class:`Follower` is a client as ``docs/protocol.md`` describes one: it fetches the
-board (through nginx's cache, so possibly a little stale), follows ``/ws?since=&board=``,
-reconnects from its last seq after a gap or a dropped connection, and after ``resync``
-reloads the board, refusing one older than the resync names (``?fresh=``), as the
-bundled web client does.
+A :class:`Follower` is the Python client's :class:`~openplace.client.LiveBoard`, a client
+as ``docs/protocol.md`` describes one: it fetches the board (through nginx's cache, so
+possibly a little stale), follows ``/ws?since=&board=``, reconnects from its last seq
+after a gap or a dropped connection, and after ``resync`` reloads the board, refusing
+one older than the resync names (``?fresh=``), as the bundled web client does. The
+check that every follower ends equal to the server's board is so also a check of the
+client library under faults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
-from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
 
 from openplace.auth.tokens import Identity, TokenSigner
-from openplace.core.board import Board, Geometry
-from openplace.core.wire import decode_frame
+from openplace.client import LiveBoard, Placement
+from openplace.client.live import RETRYABLE
+from openplace.core.board import Geometry
 from tests.faults.history import History
 
 SECRET = "test-secret"
+NEVER = 1 << 62  # a seq no run reaches
 
 
 class Writers:
-    """``count`` users placing one pixel after another through ``url`` until stopped."""
+    """``count`` users placing one pixel after another through ``url`` until stopped.
+
+    They speak raw HTTP, not :class:`openplace.client.AsyncCanvas`: the history records
+    each answer as it came (status and body, a 200 without a seq included) to classify it,
+    where the client would turn it into a :class:`~openplace.client.Placed` or an error.
+    """
 
     def __init__(
         self, url: str, geometry: Geometry, history: History, count: int, seed: int,
@@ -99,93 +104,66 @@ class Writers:
 
 @dataclass
 class Follower:
-    """A websocket client keeping a board; see the module docstring."""
+    """A websocket client keeping a board: :class:`openplace.client.LiveBoard` through
+    nginx, with pings every 2 s (a paused realtime process is noticed in 4 s) and a
+    backoff of 0.1 s doubling to 2 s; see the module docstring."""
 
     name: str
     url: str  # nginx, http://
-    geometry: Geometry
-    board: Board | None = None
-    board_id: str = ""
-    last: int = 0
-    # what it went through
-    board_loads: int = 0
-    connects: int = 0
-    resyncs: int = 0
-    gaps: int = 0
-    frames: int = 0
+    live: LiveBoard | None = None  # once its first fetch and connection succeeded
+    starts: int = 0  # attempts at that first fetch and connection
+    placements: int = 0  # applied from the stream
     errors: list[str] = field(default_factory=list)
-    _fresh: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def board_id(self) -> str:
+        return (self.live.board_id or "") if self.live is not None else ""
+
+    @property
+    def last(self) -> int:
+        return self.live.seq if self.live is not None else 0
+
+    @property
+    def board_loads(self) -> int:
+        """Fetches of the whole board: the first, then one after each resync."""
+        return 0 if self.live is None else 1 + self.live.resyncs
+
+    @property
+    def resyncs(self) -> int:
+        return 0 if self.live is None else self.live.resyncs
+
+    def data(self) -> bytes | None:
+        """The board it holds, in the bytes of ``GET /api/board``."""
+        return self.live.board.packed() if self.live is not None else None
+
+    def summary(self) -> str:
+        live = self.live
+        if live is None:
+            return f"never started ({self.starts} attempts)"
+        return (f"{self.board_loads} board loads, {live.reconnects} reconnects, "
+                f"{live.resyncs} resyncs, {self.placements} placements applied")  # fmt: skip
 
     async def run(self) -> None:
-        """Follow until cancelled."""
-        backoff = 0.1
-        want: tuple[str, int] | None = None  # board id and head named by a resync
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
-            while True:
-                at_once = False
-                try:
-                    if self.board is None:
-                        await self._load(http, want)
-                        want = None
-                    ws_url = self.url.replace("http", "ws", 1) + "/ws"
-                    query = f"?since={self.last}&board={self.board_id}"
-                    async with connect(ws_url + query, max_size=None, open_timeout=5,
-                                       ping_interval=2, ping_timeout=4) as ws:  # fmt: skip
-                        self.connects += 1
-                        async for message in ws:
-                            if isinstance(message, str):
-                                control = json.loads(message)
-                                if control["type"] == "hello":
-                                    backoff = 0.1
-                                elif control["type"] == "resync":
-                                    self.resyncs += 1
-                                    want = (str(control["board"]), int(control["head"]))
-                                    self.board = None
-                                    at_once = True
-                                    break
-                                continue
-                            if not self._apply(message):
-                                at_once = True  # a gap: resume from what we have
-                                break
-                except (OSError, WebSocketException, TimeoutError, httpx.HTTPError) as exc:
-                    self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                if not at_once:
-                    await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                    backoff = min(backoff * 2, 2.0)
-
-    def _apply(self, message: bytes) -> bool:
-        """Apply one batch frame; False on a gap."""
-        board = self.board
-        assert board is not None
-        first, items = decode_frame(message)
-        self.frames += 1
-        if first > self.last + 1:
-            self.gaps += 1
-            return False
-        for j, (index, color) in enumerate(items):
-            if first + j > self.last:
-                board.set(index, color)
-        self.last = max(self.last, first + len(items) - 1)
-        return True
-
-    async def _load(self, http: httpx.AsyncClient, want: tuple[str, int] | None) -> None:
-        """GET /api/board; after a resync, refuse a board older than it names (up to 5
-        times, then take what the server gives: it is the authority)."""
+        """Follow until cancelled. Raises if the live board stopped on a bug: the run
+        reports the follower as crashed."""
         delay = 0.1
-        refused = 0
-        fresh = want is not None
         while True:
-            params = {"fresh": f"{self.name}-{next(self._fresh)}"} if fresh else {}
-            r = await http.get("/api/board", params=params)
-            if r.status_code == 200:
-                board_id, seq = r.headers["x-board-id"], int(r.headers["x-seq"])
-                older = want is not None and (board_id != want[0] or seq < want[1])
-                if not older or refused >= 5:
-                    self.board = Board(self.geometry, r.content)
-                    self.board_id, self.last = board_id, seq
-                    self.board_loads += 1
-                    return
-                refused += 1
-            fresh = True  # after a refusal or an error, go past the cache
-            await asyncio.sleep(delay)
+            live = LiveBoard(self.url, backoff=(0.1, 2.0), ping_interval=2, ping_timeout=4,
+                             open_timeout=5, timeout=10)  # fmt: skip
+            self.starts += 1
+            try:
+                await live.start()
+                break
+            except RETRYABLE as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 2.0)
+        self.live = live
+        try:
+            live.on_placement(self._count)
+            await live.wait_for(NEVER)  # returns never; raises if the live board failed
+        finally:
+            await live.aclose()
+
+    def _count(self, placement: Placement) -> None:
+        self.placements += 1

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 from harness.servers import PostgresServer, RedisServer
 
+from openplace.client import AsyncCanvas, CanvasError
 from openplace.config import Settings
 from openplace.core.board import Geometry
 from openplace.distributed.cluster import Cluster
@@ -81,7 +82,7 @@ async def run(config: Config) -> Report:
         say(f"stack up in {time.monotonic() - started:.1f} s at {cluster.url} "
             f"(logs {cluster.run_dir}); seed {config.seed}")  # fmt: skip
 
-        followers = [Follower(f"c{i}", cluster.url, geometry) for i in range(config.clients)]
+        followers = [Follower(f"c{i}", cluster.url) for i in range(config.clients)]
         tasks = [asyncio.create_task(f.run()) for f in followers]
         writers = Writers(cluster.url, geometry, history, config.writers, config.seed,
                           timeout=config.ack_timeout + 5)  # fmt: skip
@@ -98,7 +99,7 @@ async def run(config: Config) -> Report:
 
         served = await _settle(cluster.url, db, config.settle_timeout)
         await _converge(followers, tasks, served, config.settle_timeout)
-        served = await _served(cluster.url, "final")
+        served = await _served(cluster.url)
         conn = await asyncpg.connect(db)
         try:
             log = [tuple(r) for r in await conn.fetch(
@@ -139,11 +140,11 @@ async def run(config: Config) -> Report:
             await asyncio.to_thread(pg.stop)
 
 
-async def _served(url: str, tag: str) -> Served:
-    async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.get(url + "/api/board", params={"fresh": f"{tag}-{time.monotonic()}"})
-        r.raise_for_status()
-        return Served(int(r.headers["x-seq"]), r.headers["x-board-id"], r.content)
+async def _served(url: str) -> Served:
+    """``GET /api/board?fresh=``, through the client."""
+    async with AsyncCanvas(url, timeout=10) as canvas:
+        board = await canvas.board(fresh=True)
+        return Served(board.seq, board.board_id or "", board.packed())
 
 
 async def _settle(url: str, db: str, timeout: float) -> Served:
@@ -154,13 +155,13 @@ async def _settle(url: str, db: str, timeout: float) -> Served:
     served = Served(0, "", b"")
     while time.monotonic() < deadline:
         try:
-            served = await _served(url, "settle")
+            served = await _served(url)
             conn = await asyncpg.connect(db, timeout=5)
             try:
                 top = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM placements")
             finally:
                 await conn.close()
-        except (httpx.HTTPError, OSError, asyncpg.PostgresError, TimeoutError):
+        except (httpx.HTTPError, CanvasError, OSError, asyncpg.PostgresError, TimeoutError):
             await asyncio.sleep(0.2)
             continue
         if top == served.seq:
@@ -187,8 +188,5 @@ def _view(f: Follower, task: asyncio.Task[None]) -> ClientView:
     crashed = ""
     if task.done() and not task.cancelled() and task.exception() is not None:
         crashed = repr(task.exception())
-    summary = (f"{f.board_loads} board loads, {f.connects} connects, {f.resyncs} resyncs, "
-               f"{f.gaps} gaps, {f.frames} frames")  # fmt: skip
-    data = bytes(f.board.data) if f.board is not None else None
-    return ClientView(f.name, f.board_id, f.last, data, summary, crashed, f.board_loads,
-                      f.resyncs)  # fmt: skip
+    return ClientView(f.name, f.board_id, f.last, f.data(), f.summary(), crashed,
+                      f.board_loads, f.resyncs)  # fmt: skip
