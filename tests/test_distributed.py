@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from harness.servers import PostgresServer, RedisServer, free_port
 from websockets.asyncio.client import connect
 
+from openplace.client import LiveBoard
 from openplace.core.board import Board, Geometry
 from openplace.core.placement import Placement, StoreUnavailable
 from openplace.core.wire import decode_frame
@@ -151,27 +152,22 @@ async def test_cooldown_holds_across_api_processes(cluster: Cluster) -> None:
 
 async def test_board_through_nginx_cache_plus_stream_equals_true_board(cluster: Cluster) -> None:
     api1 = f"http://127.0.0.1:{cluster.api_ports[0]}"
-    geometry = Geometry(W, H)
     async with httpx.AsyncClient(timeout=20) as c:
         for i in range(20):
             await place(c, api1, mint_token(), i, 1, 7)
-        cached = await c.get(cluster.url + "/api/board")  # may be up to ~1 s stale
-        assert cached.status_code == 200 and len(cached.content) == W * H // 2
-        stop = asyncio.Event()
-        listener = Listener(cluster.url.replace("http", "ws") + "/ws")
-        since = int(cached.headers["x-seq"])
-        task = asyncio.create_task(listener.run(since, stop, cached.headers["x-board-id"]))
-        rs = await asyncio.gather(*[place(c, api1, mint_token(), i, 2, 9) for i in range(30)])
-        top = max(r.json()["seq"] for r in rs)
-        await wait_for(lambda: listener.last >= top)
-        stop.set()
-        await task
-        board = Board(geometry, cached.content)
-        for seq in sorted(listener.placements):
-            board.set(*listener.placements[seq])
+        # The Python client: the board through nginx's cache (up to ~1 s stale), then the
+        # stream through nginx from its X-Seq and board id.
+        async with LiveBoard(cluster.url) as live:
+            rs = await asyncio.gather(*[place(c, api1, mint_token(), i, 2, 9) for i in range(30)])
+            assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+            top = max(r.json()["seq"] for r in rs)
+            seen = await live.wait_for(top, timeout=10)
+            # one connection, no gap (a gap resumes: a reconnect), no resync (a reload)
+            assert live.reconnects == 0 and live.resyncs == 0
         direct = await c.get(api1 + "/api/board")
         assert int(direct.headers["x-seq"]) == top
-        assert bytes(board.data) == direct.content
+        assert seen.seq == top and seen.board_id == direct.headers["x-board-id"]
+        assert seen.packed() == direct.content
         # The cache answers repeated fetches itself.
         statuses = [(await c.get(cluster.url + "/api/board")).headers.get("x-cache")
                     for _ in range(5)]  # fmt: skip
