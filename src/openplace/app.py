@@ -39,7 +39,7 @@ from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 from openplace.services import ALL_ROLES, Build
 from openplace.state import AppState
-from openplace.web.files import PageFiles
+from openplace.web.files import PageFiles, TemplateFiles
 from openplace.web.security import SecurityHeaders
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -83,6 +83,9 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
         hub = build_hub(settings, services.feed)
         routes.append(WebSocketRoute("/ws", websocket_endpoint))
     if "web" in roles:
+        # The operators' template images (read-only, images only), before the page's "/".
+        templates = TemplateFiles(settings.templates_path)
+        routes.append(Mount("/templates", templates, name="templates"))
         routes.append(Mount("/", PageFiles(directory=STATIC_DIR, html=True), name="web"))
 
     @contextlib.asynccontextmanager

@@ -131,6 +131,11 @@ class Settings:
     persister_metrics_port: int = 9464
     # DEBUG, INFO, WARNING or ERROR (the command's --log-level overrides it).
     log_level: str = "INFO"
+    # A read-only folder of template images (png, gif, webp, jpeg) that the operators
+    # curate, served at /templates/<name> for the page's template overlay and its share
+    # links; unset: <data_dir>/templates (see templates_path). A missing folder serves
+    # nothing (404), it stops nothing.
+    templates_dir: Path | None = None
 
     @property
     def distributed(self) -> bool:
@@ -140,6 +145,11 @@ class Settings:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def templates_path(self) -> Path:
+        """The folder served at ``/templates/``: ``templates_dir``, or ``<data_dir>/templates``."""
+        return self.templates_dir if self.templates_dir is not None else self.data_dir / "templates"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -278,6 +288,7 @@ PARSERS: dict[object, Callable[[str], object]] = {
     int: _int,
     float: _float,
     Path: _path,
+    Path | None: _path,
     str: _text,
     str | None: _text,
 }
