@@ -33,9 +33,10 @@ from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from harness.servers import RedisServer
 from playwright.async_api import Browser, Page, Response, WebSocket, async_playwright, expect
 
+from openplace.client import AsyncCanvas, CanvasError, Placed
 from openplace.distributed.cluster import Cluster
 from openplace.distributed.keys import ONLINE
-from tests.conftest import SHOTS, auth, mint_token
+from tests.conftest import SHOTS, mint_token
 from tests.test_browser import (
     CANVAS_SHOWS,
     MODEL_SHOWS,
@@ -160,20 +161,13 @@ async def page_board(page: Page) -> list[int]:
     return cast(list[int], pixels)
 
 
-def unpack(packed: bytes) -> list[int]:
-    assert len(packed) * 2 == W * H, f"board is {len(packed)} bytes"
-    out: list[int] = []
-    for b in packed:
-        out += (b >> 4, b & 15)
-    return out
-
-
 class Server:
-    """Direct access to the cluster's processes (not through nginx)."""
+    """Direct access to the cluster's processes (not through nginx); an API process's
+    through the Python client."""
 
-    def __init__(self, cluster: Cluster, http: httpx.AsyncClient) -> None:
+    def __init__(self, cluster: Cluster, http: httpx.AsyncClient, canvas: AsyncCanvas) -> None:
         self.http = http
-        self.api = f"http://127.0.0.1:{cluster.api_ports[0]}"
+        self.canvas = canvas  # of the first API process
         self.realtime = [f"http://127.0.0.1:{p}/healthz" for p in cluster.realtime_ports]
 
     async def health(self) -> list[dict[str, Any]]:
@@ -183,29 +177,26 @@ class Server:
         return [h["clients"] for h in await self.health()]
 
     async def board(self) -> tuple[list[int], int, str]:
-        """``(pixels, seq, board id)`` straight from an API process."""
-        r = await self.http.get(self.api + "/api/board")
-        assert r.status_code == 200, r.text
-        return unpack(r.content), int(r.headers["x-seq"]), r.headers["x-board-id"]
+        """``(pixels, seq, board id)`` straight from an API process (``pixels`` row-major)."""
+        board = await self.canvas.board()
+        assert board.board_id is not None
+        return [int(c) for c in board.colors.flat], board.seq, board.board_id
 
-    async def place(self, x: int, y: int, color: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+    async def place(self, x: int, y: int, color: int, timeout: float = TIMEOUT) -> Placed:
         """Place with a fresh identity, retrying while the stack recovers (not on 4xx)."""
-        token = mint_token()
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                r = await self.http.post(self.api + "/api/pixel",
-                                         json={"x": x, "y": y, "color": color},
-                                         headers=auth(token))  # fmt: skip
-                if r.status_code == 200:
-                    return cast(dict[str, Any], r.json())
-                assert r.status_code >= 500, r.text
-                why = f"{r.status_code} {r.text}"
-            except httpx.HTTPError as exc:
-                why = repr(exc)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"placement never accepted: {why}")
-            await asyncio.sleep(0.1)
+        async with AsyncCanvas(self.canvas.url, token=mint_token(), timeout=10) as canvas:
+            while True:
+                try:
+                    return await canvas.place(x, y, color)
+                except CanvasError as exc:
+                    assert exc.status >= 500, exc
+                    why = str(exc)
+                except httpx.HTTPError as exc:
+                    why = repr(exc)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"placement never accepted: {why}")
+                await asyncio.sleep(0.1)
 
 
 async def same_board(tab: Tab, server: Server, timeout: float = TIMEOUT) -> tuple[int, str]:
@@ -269,8 +260,9 @@ async def test_two_browsers_on_two_realtime_processes_survive_redis_restart(
         await wait_live(tab.page)
         return tab
 
-    async with httpx.AsyncClient(timeout=10) as http:
-        server = Server(cluster, http)
+    api = f"http://127.0.0.1:{cluster.api_ports[0]}"
+    async with httpx.AsyncClient(timeout=10) as http, AsyncCanvas(api, timeout=10) as canvas:
+        server = Server(cluster, http, canvas)
         try:
             await _scenario(cluster, redis_server, server, open_tab, shot)
         except BaseException:
@@ -354,7 +346,7 @@ async def _scenario(
     async def restored() -> bool:
         try:
             _, _, board_id = await server.board()
-        except (httpx.HTTPError, AssertionError):
+        except (httpx.HTTPError, CanvasError):
             return False
         return board_id != board_before
 
@@ -385,7 +377,7 @@ async def _scenario(
     for tab in (a, b):
         await wait_pixel(tab.page, 16, 10, 12)
         seq, _ = await same_board(tab, server)
-        assert seq == placed["seq"]
+        assert seq == placed.seq
         await expect(tab.page.locator("#status")).to_have_attribute("data-state", "live")
         assert await tab.page.evaluate("() => window.__sameDocument") is True
     await shot(a.page, "5-a-api-placement")
@@ -397,7 +389,7 @@ async def _scenario(
         "the pages' old connections closed",
     )
     print(f"after the restore: {health}")
-    assert all(h["seq"] == placed["seq"] for h in health), health
+    assert all(h["seq"] == placed.seq for h in health), health
 
     # The acknowledged placements are in the durable log, under their seqs.
     conn = await asyncpg.connect(cluster.settings.database_url)
@@ -409,7 +401,7 @@ async def _scenario(
     assert sorted(log) == list(range(1, len(log) + 1)), "the log must stay gapless"
     for s, item in acked.items():
         assert log[s] == item, f"acknowledged placement {s} not in the log"
-    assert log[placed["seq"]] == (10 * W + 16, 12)
+    assert log[placed.seq] == (10 * W + 16, 12)
 
 
 async def _check_online(server: Server, redis_server: RedisServer, tabs: tuple[Tab, ...]) -> None:
