@@ -172,6 +172,38 @@ async def test_nginx_sends_the_same_headers_once(nginx: NginxFront, server: Live
     assert answers[2].headers["cache-control"] == "max-age=300"  # app.js
 
 
+async def test_nginx_serves_template_images_from_the_api_with_its_headers_cached(
+    nginx: NginxFront, settings: Settings
+) -> None:
+    """/templates/ through the template's nginx: the app's answer and headers (once),
+    images only, kept by nginx, a 404 never kept (a new image shows at once)."""
+    folder = settings.templates_path
+    folder.mkdir(parents=True)
+    body = b"\x89PNG\r\n\x1a\n not decoded by anyone here"
+    (folder / "castle.png").write_bytes(body)
+    (folder / "notes.txt").write_text("text")
+    (folder.parent / "outside.png").write_bytes(b"outside")
+    async with httpx.AsyncClient(base_url=nginx.url, timeout=10) as c:
+        first = await c.get("/templates/castle.png")
+        assert first.status_code == 200 and first.content == body
+        assert first.headers["content-type"] == "image/png"
+        assert first.headers["cache-control"] == "public, max-age=60"
+        assert first.headers["x-cache"] == "MISS"
+        assert_security_headers(first)
+        deadline = time.monotonic() + 30  # kept 10 s: the next answer comes from the cache
+        while (r := await c.get("/templates/castle.png?busted=1")).headers["x-cache"] != "HIT":
+            assert time.monotonic() < deadline, r.headers["x-cache"]
+        assert r.content == body and r.headers["content-type"] == "image/png"
+        assert_security_headers(r)
+        for path in ("/templates/notes.txt", "/templates/", "/templates/new.png",
+                     "/templates/%2e%2e/outside.png"):  # fmt: skip
+            r = await c.get(path)
+            assert r.status_code == 404 and b"outside" not in r.content, path
+            assert_security_headers(r)
+        (folder / "new.png").write_bytes(body)
+        assert (await c.get("/templates/new.png")).status_code == 200
+
+
 # -- tokens: one spelling each --------------------------------------------------------------
 
 SIGNER = TokenSigner("test-secret")
