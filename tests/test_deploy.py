@@ -324,6 +324,7 @@ def test_k8s_ingress_routes_api_ws_and_the_page_and_keeps_metrics_private() -> N
                 routes[(p["path"], p["pathType"])] = (backend["name"], ingress_name)
     assert routes[("/api", "Prefix")][0] == "api"
     assert routes[("/", "Exact")][0] == "api"
+    assert routes[("/templates", "Prefix")][0] == "api"  # the template images
     service, ingress_name = routes[("/ws", "Exact")]
     assert service == "realtime"
     # websockets: long-lived connections, a per-address limit at the Ingress
@@ -336,7 +337,7 @@ def test_k8s_ingress_routes_api_ws_and_the_page_and_keeps_metrics_private() -> N
     for f in STATIC_DIR.iterdir():
         assert routes.get((f"/{f.name}", "Exact"), ("",))[0] == "api", f"no route for /{f.name}"
     # ... and nothing else: no catch-all that would publish /metrics, /livez, /readyz
-    assert all(kind == "Exact" or path == "/api" for path, kind in routes)
+    assert all(kind == "Exact" or path in ("/api", "/templates") for path, kind in routes)
 
 
 def test_k8s_settings_are_settings_and_name_the_optional_data_stores() -> None:
@@ -754,6 +755,17 @@ async def test_the_images_commands_run_as_the_manifests_say(
             url = f"http://127.0.0.1:{listen}"
             await asyncio.to_thread(wait_http, url + "/healthz", 30, alive)
             await _through_nginx(url)
+            # the template images, from the API's default folder (<data dir>/templates)
+            templates = tmp_path / "data" / "templates"
+            templates.mkdir(parents=True)
+            (templates / "castle.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+            (templates / "notes.txt").write_text("text")
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                r = await client.get("/templates/castle.png")
+                assert r.status_code == 200 and r.content == b"\x89PNG\r\n\x1a\n"
+                assert r.headers["content-type"] == "image/png"
+                assert r.headers["x-cache"] == "MISS"  # nginx's templates cache
+                assert (await client.get("/templates/notes.txt")).status_code == 404
         finally:
             nginx.send_signal(signal.SIGTERM)
             nginx.wait(10)
