@@ -761,10 +761,10 @@ async def test_the_images_commands_run_as_the_manifests_say(
             (templates / "castle.png").write_bytes(b"\x89PNG\r\n\x1a\n")
             (templates / "notes.txt").write_text("text")
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-                r = await client.get("/templates/castle.png")
-                assert r.status_code == 200 and r.content == b"\x89PNG\r\n\x1a\n"
-                assert r.headers["content-type"] == "image/png"
-                assert r.headers["x-cache"] == "MISS"  # nginx's templates cache
+                image = await client.get("/templates/castle.png")
+                assert image.status_code == 200 and image.content == b"\x89PNG\r\n\x1a\n"
+                assert image.headers["content-type"] == "image/png"
+                assert image.headers["x-cache"] == "MISS"  # nginx's templates cache
                 assert (await client.get("/templates/notes.txt")).status_code == 404
         finally:
             nginx.send_signal(signal.SIGTERM)
