@@ -334,3 +334,28 @@ def test_cross_origin_template_is_refused(
     shot(page, "typed")
     foreign = [u for u in requested if not u.startswith(app_server.url)]
     assert not foreign, f"the page asked another site: {foreign}"
+
+
+def test_share_link_to_a_hosted_template(
+    new_page: Callable[[str], Page],
+    app_server: ServerProcess,  # noqa: F811
+    shot: Callable[[Page, str], Path],
+) -> None:
+    """A community's template hosted by the site (OPENPLACE_TEMPLATES_DIR, by default
+    <data dir>/templates, served at /templates/): its share link opens it in place."""
+    R, G, B = (*RED, 255), (*GREEN, 255), (*BLUE, 255)
+    folder = app_server.data_dir / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "castle.png").write_bytes(png([[R, CLEAR, B], [G, G, G]]))
+    page = new_page(f"{START}&template=/templates/castle.png&tx=12&ty=6&to=1")
+    page.wait_for_function("() => window.openplace.template.loaded")
+    state = page.evaluate("() => window.openplace.template")
+    assert (state["x"], state["y"], state["opacity"]) == (12, 6, 1)
+    assert state["url"] == "/templates/castle.png"
+    unhover(page)
+    for (x, y), color in {(12, 6): RED, (13, 6): WHITE, (14, 6): BLUE, (13, 7): GREEN}.items():
+        wait_shows(page, x, y, color)
+    page.locator("#template-open").click()
+    expect(page.locator("#template-status")).to_have_text("castle.png · 3\N{MULTIPLICATION SIGN}2")
+    expect(page.locator("#template-share")).to_be_visible()
+    shot(page, "hosted")
