@@ -48,6 +48,26 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="the canvas (default: this machine's, http://127.0.0.1:8000)")  # fmt: skip
     d.add_argument("--all", action="store_true", help=f"list every wrong pixel (default {SHOWN})")
     d.set_defaults(func=template_diff)
+    draw = sub.add_parser(
+        "draw",
+        help="keep a template on the board by the rules: one user, its cooldown, the most "
+        "damaged pixels first",
+        description="Exit status: 0 when stopped by SIGINT/SIGTERM or, with --once, when the "
+        "template is complete; 1 when the bot cannot go on (a ban until lifted, a refused "
+        "token; with --once: pixels left only where placing is refused); 2 on an error in "
+        "the arguments or the image. See docs/client.md.",
+    )
+    draw.add_argument("image", type=Path, help="the template: a PNG (or any image Pillow reads)")
+    draw.add_argument("--at", type=parse_at, required=True, metavar="X,Y",
+                      help="the board pixel of the image's top-left corner")  # fmt: skip
+    draw.add_argument("--url", default=None, help="the canvas (default: this machine's)")
+    draw.add_argument("--token-file", type=Path, default=None, metavar="PATH",
+                      help="where this bot's user token is kept, so a restarted bot is the "
+                      "same user (default: IMAGE.token next to the image; made 0600)")  # fmt: skip
+    draw.add_argument(
+        "--once", action="store_true", help="exit when the template is complete (default: never)"
+    )
+    draw.set_defaults(func=draw_command)
 
 
 def template_diff(args: argparse.Namespace, settings: Settings) -> int:
@@ -86,3 +106,14 @@ def report(name: str, template: Template, result: Diff, seq: int, everything: bo
     if len(shown) < len(pixels):
         lines.append(f"  ... and {len(pixels) - len(shown):,} more (--all lists them)")
     return "\n".join(lines)
+
+
+def draw_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``openplace draw``: run the bot of :mod:`openplace.templates.bot`."""
+    import asyncio
+
+    from openplace.templates.bot import Bot, default_token_file, draw
+
+    token_file = args.token_file or default_token_file(args.image)
+    bot = Bot(args.url or default_url(settings), args.image, args.at, token_file, once=args.once)
+    return asyncio.run(draw(bot))
