@@ -25,7 +25,6 @@ import os
 import shlex
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from playwright.sync_api import CDPSession, Page, sync_playwright
 
 from bench.scenarios import collect, loadgen
 from bench.stack import SECRET, Embedded
+from openplace.client import Canvas
 
 # Sizes for python -m bench (its --smoke: seconds, the figures mean little).
 SCALES: dict[str, dict[str, float]] = {
@@ -165,8 +165,10 @@ def window(
 
 
 def server_board(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url + "/api/board", timeout=30) as r:
-        return int(r.headers["X-Seq"]), r.read()
+    """The server's seq and board (the bytes of ``GET /api/board``), through the client."""
+    with Canvas(url, timeout=30) as canvas:
+        board = canvas.board()
+    return board.seq, board.packed()
 
 
 def run(
