@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from openplace.client import Canvas, Placed
 from tests.test_browser import (  # noqa: F401  (browser, playwright_sync: fixtures)
     CANVAS_SHOWS,
     START,
@@ -50,15 +50,10 @@ def app_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serv
     srv.stop()
 
 
-def place_as_new_user(http: httpx.Client, x: int, y: int, color: int) -> dict[str, Any]:
-    r = http.post("/api/session")
-    assert r.status_code == 201, r.text
-    token = r.json()["token"]
-    r = http.post("/api/pixel", json={"x": x, "y": y, "color": color},
-                  headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-    assert r.status_code == 200, r.text
-    placed: dict[str, Any] = r.json()
-    return placed
+def place_as_new_user(url: str, x: int, y: int, color: int) -> Placed:
+    """A new user (the client makes its session) places once."""
+    with Canvas(url, timeout=5) as canvas:
+        return canvas.place(x, y, color)
 
 
 def expected(seq: int) -> dict[tuple[int, int], int]:
@@ -133,6 +128,7 @@ def test_history_mode(
     shot: Callable[[Page, str], Path],
 ) -> None:
     http = httpx.Client(base_url=app_server.url, timeout=5)
+    api = Canvas(app_server.url, timeout=5)
     users: dict[int, str] = {}
     try:
         for s in range(1, HEAD + 1):
@@ -144,10 +140,12 @@ def test_history_mode(
                 x, y, c = 6 + s - 25, ROW_B, 10
             else:
                 (x, y), c = SPOT, SPOT_COLORS[s - 37]
-            placed = place_as_new_user(http, x, y, c)
-            assert placed["seq"] == s
+            placed = place_as_new_user(app_server.url, x, y, c)
+            assert placed.seq == s
             if s >= 37:
-                users[s] = http.get("/api/pixel", params={"x": x, "y": y}).json()["user_id"]
+                info = api.pixel(x, y)
+                assert info.user_id is not None
+                users[s] = info.user_id
 
         errors: list[str] = []
         requests: list[str] = []
@@ -253,8 +251,8 @@ def test_history_mode(
         canvas_shows(page, 37)
 
         # Live placements keep arriving in history mode; the canvas stays at the moment.
-        live = place_as_new_user(http, 30, 4, 5)
-        assert live["seq"] == HEAD + 1
+        live = place_as_new_user(app_server.url, 30, 4, 5)
+        assert live.seq == HEAD + 1
         expect(page.locator("#history-slider")).to_have_attribute("max", str(HEAD + 1))
         page.wait_for_function("() => window.openplace.livePixel(30, 4) === 5")
         assert page.evaluate(CANVAS_SHOWS, [30, 4, rgb(0)])
@@ -267,7 +265,7 @@ def test_history_mode(
         wait_pixel(page, 30, 4, 5)
         wait_pixel(page, SPOT[0], SPOT[1], SPOT_COLORS[-1])
         page.wait_for_function("() => !location.hash.includes('seq=')")
-        place_as_new_user(http, 31, 4, 13)
+        place_as_new_user(app_server.url, 31, 4, 13)
         wait_pixel(page, 31, 4, 13)
         shot(page, "live-again")
         no_csp_violations(page)
@@ -275,3 +273,4 @@ def test_history_mode(
         assert not errors, f"uncaught errors in the page: {errors}"
     finally:
         http.close()
+        api.close()
