@@ -17,15 +17,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from harness.servers import PostgresServer, RedisServer
 from PIL import Image
 
 from openplace.auth.moderators import Moderator, ModeratorSigner
 from openplace.client import AsyncCanvas, Cooldown, Unavailable
 from openplace.config import Settings
 from openplace.core.palette import PALETTE
+from openplace.distributed.cluster import Cluster
 from openplace.templates import Template, diff, load, priorities
+from openplace.templates.bot import Bot as DrawBot
 from openplace.templates.bot import default_token_file, read_token, seed_of, write_token
-from tests.conftest import LiveServer, ServerFactory, mint_token
+from tests.conftest import LiveServer, ServerFactory, cluster_env, mint_token
 
 DEADLINE = 60.0  # generous: a wait that ends early is a pass, never a timing assertion
 
@@ -317,6 +320,32 @@ async def test_a_restarted_bot_waits_out_its_cooldown(
         await bots.close()
 
 
+async def test_a_cooldown_refusal_is_waited_out_once(
+    tmp_path: Path, server_factory: ServerFactory, settings: Settings
+) -> None:
+    """With the address's cooldown, a neighbour placing between the bot's ``me()`` and
+    its placement makes the bot early: it is refused once and waits as told. The bot
+    runs in a thread of this process, so the neighbour can place from its output."""
+    server = await server_factory(settings.with_(cooldown_seconds=2.0, cooldown_by="both"))
+    image = tmp_path / "dot.png"
+    save_template(image, [[7]])
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if line.startswith("drawing as"):  # the bot places next
+            r = httpx.post(server.url + "/api/pixel", json={"x": 50, "y": 50, "color": 1},
+                           headers={"Authorization": f"Bearer {mint_token()}"})  # fmt: skip
+            assert r.status_code == 200, r.text
+
+    bot = DrawBot(server.url, image, (0, 0), tmp_path / "dot.token", once=True, out=out)
+    assert await asyncio.to_thread(asyncio.run, bot.run()) == 0
+    text = "\n".join(lines)
+    assert text.count("refused, cooldown") == 1 and text.count("placed (0, 0)") == 1, text
+    records = await history_with_users(server.url)
+    assert len(records) == 2 and records[1].at - records[0].at >= 2.0 - 1e-3
+
+
 async def test_a_bot_started_before_its_server_waits_for_it(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -408,3 +437,62 @@ async def test_a_bot_stops_on_a_refused_token_and_on_a_ban(
         assert r.status_code == 200, r.text
     assert await asyncio.wait_for(bot.proc.wait(), DEADLINE) == 1, bot.text()
     assert "banned (botting), until lifted" in bot.text()
+
+
+# -- distributed mode -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stack(postgres: PostgresServer, redis_server: RedisServer) -> AsyncIterator[Cluster]:
+    """One API and one realtime process behind nginx; a 1 s cooldown, and placements
+    answered ``unconfirmed`` after 1 s without the persister's ack."""
+    fast = {"OPENPLACE_COOLDOWN_SECONDS": "1", "OPENPLACE_ACK_TIMEOUT_SECONDS": "1"}
+    env = cluster_env(redis_server.url, await postgres.new_database(), **fast)
+    c = Cluster(Settings.from_env(env), api=1, realtime=1, env=env)
+    await asyncio.to_thread(c.start)
+    yield c
+    await asyncio.to_thread(c.stop)
+
+
+async def test_a_bot_on_a_cluster_never_places_twice_what_was_unconfirmed(
+    tmp_path: Path, stack: Cluster
+) -> None:
+    """The persister stops: a placement is answered ``unconfirmed`` but is in Redis, and
+    lands once the persister is back. The bot reads the server's board before it goes
+    on, so it never places that pixel again; the API process restarts too."""
+    image = tmp_path / "bar.png"
+    rows: list[list[int | None]] = [[10, 11, 12, 13], [13, 12, 11, 10]]
+    save_template(image, rows)
+    at = (60, 60)
+    template = load(image, at, PALETTE)
+    bots = Bots(tmp_path, stack.url)
+    try:
+        bot = await bots.start(image, at, "c", "--once")
+
+        async def placed() -> bool:
+            return bot.placed() >= 1
+
+        await eventually(placed, "the bot placed")
+        persister = stack.procs["persister"]
+        os.kill(persister.pid, signal.SIGSTOP)
+        try:
+
+            async def unconfirmed() -> bool:
+                return "unconfirmed" in bot.text()
+
+            await eventually(unconfirmed, "a placement was unconfirmed")
+        finally:
+            os.kill(persister.pid, signal.SIGCONT)
+        await asyncio.to_thread(stack.restart, "api1")
+        assert await asyncio.wait_for(bot.proc.wait(), DEADLINE) == 0, bot.text()
+    finally:
+        await bots.close()
+    text = bot.text()
+    assert "Traceback" not in text and "refused" not in text, text
+    records = await history_with_users(stack.url)
+    mine = [r for r in records if r.user == bot.user()]
+    assert sorted((r.x, r.y) for r in mine) == sorted(
+        (at[0] + i, at[1] + j) for j in range(2) for i in range(4)
+    ), "each pixel placed once"
+    assert_inside_template(mine, template)
+    assert_cooldowns_kept(records, 1.0)

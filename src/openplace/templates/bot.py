@@ -37,6 +37,7 @@ from openplace.client import (
     Policy,
     Protected,
     RateLimited,
+    Snapshot,
     Unauthorized,
     Unavailable,
     Unconfirmed,
@@ -131,13 +132,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def clock(when: datetime) -> str:
-    return when.astimezone().strftime("%H:%M:%S")
-
-
-def until(when: datetime) -> float:
-    """Seconds from now until ``when`` (negative when past)."""
-    return (when - datetime.now(UTC)).total_seconds()
+def clock(seconds: float) -> str:
+    """The local time ``seconds`` from now."""
+    return (datetime.now() + timedelta(seconds=seconds)).strftime("%H:%M:%S")
 
 
 class Bot:
@@ -162,8 +159,11 @@ class Bot:
         self.say = out
         self.policy = Policy(False)
         self.refused: set[tuple[int, int]] = set()  # answered 403 protected under this policy
-        self.next_at: datetime | None = None  # when this user may place (None: now)
+        self.ready: float | None = None  # when this user may place (monotonic; None: now)
+        self.skew = 0.0  # the server's clock minus ours, as a cooldown refusal showed it
         self.cooldown_known = False  # False after an answer that may hide a placement
+        self.uncertain = False  # a placement may have landed unseen: read the server's board
+        self.ahead: Snapshot | None = None  # that board, until the live board catches up
         self.frozen_said = False  # the server said frozen: wait for the policy to say so too
         self.failures = 0
         self.seed = 0
@@ -181,7 +181,7 @@ class Bot:
         async with AsyncCanvas(self.url, token=token) as canvas:
             me = await self._identify(canvas, token)
             self.seed = seed_of(me.user_id)
-            self.next_at, self.cooldown_known = me.next_at, True
+            self._wait_until(me.next_at)
             info = await self._retry("reading the canvas", canvas.info)
             try:
                 template = load(self.image, self.at, info.palette, board=(info.width, info.height))
@@ -270,51 +270,80 @@ class Bot:
                 touched.set()
 
         live.on_placement(watch)
-        idle = False
+        idle = ""  # why the bot waits with nothing to place: "pending", "refused", "complete"
         while True:
             await self._follow(canvas, live)
             if self.policy.frozen or self.frozen_said:
                 await self._wait_unfrozen(canvas, live)
                 continue
+            if self.uncertain:  # a placement may have landed: the server's board may show it
+                fresh = await self._retry("reading the board", lambda: canvas.board(fresh=True))
+                self.ahead = fresh
+                self.uncertain = False
             touched.clear()  # from here the board is read without awaiting: nothing is missed
-            fixes = [f for f in priorities(template, live.colors, seed=self.seed)
-                     if self._may_place(f.x, f.y)]  # fmt: skip
+            fixes, refused, pending = self._plan(template, live)
             if not fixes:
-                wrong = diff(template, live.colors).wrong
-                if self.once:
-                    if wrong:
-                        self.say(f"{wrong} pixels left, all where placing is refused: stopping")
-                        return EXIT_STUCK
-                    self.say(f"template complete at #{live.seq} ({self.placed} placed by this bot)")
-                    return EXIT_DONE
-                if not idle:
-                    state = (f"{wrong} pixels left, all where placing is refused" if wrong
-                             else f"template complete at #{live.seq}")  # fmt: skip
-                    self.say(f"{state}; waiting for a placement in its area")
-                    idle = True
+                if pending:
+                    why, state = "pending", f"{pending} pixels placed but not shown yet: waiting"
+                elif refused:
+                    why, state = "refused", f"{refused} pixels left, all where placing is refused"
+                else:
+                    why, state = "complete", f"template complete at #{live.seq}"
+                if self.once and why != "pending":
+                    self.say(f"{state} ({self.placed} placed by this bot): stopping")
+                    return EXIT_STUCK if refused else EXIT_DONE
+                if why != idle:
+                    self.say(state if pending else f"{state}; waiting for a placement in its area")
+                    idle = why
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RECHECK):
                         await touched.wait()
                 continue
             if idle:
                 self.say(f"damaged: {len(fixes)} pixels to fix")
-                idle = False
+                idle = ""
             if not self.cooldown_known:
-                me = await self._me(canvas)
-                self.next_at, self.cooldown_known = me.next_at, True
-            if self.next_at is not None:
-                wait = until(self.next_at) + MARGIN
-                self.next_at = None
+                self._wait_until((await self._me(canvas)).next_at)
+            if self.ready is not None:
+                wait = self.ready - time.monotonic() + MARGIN
+                self.ready = None
                 if wait > 0:
-                    self.say(f"cooldown: {len(fixes)} to fix, next placement at "
-                             f"{clock(datetime.now(UTC) + timedelta(seconds=wait))} "
-                             f"(in {wait:.1f} s)")  # fmt: skip
+                    self.say(
+                        f"cooldown: {len(fixes)} to fix, next placement at {clock(wait)} "
+                        f"(in {wait:.1f} s)"
+                    )
                     await asyncio.sleep(wait)
                     continue  # read the board again: it changed while we waited
             if not live.connected:
                 await self._wait_connected(live)
                 continue
             await self._place(canvas, live, template, fixes[0])
+
+    def _seconds_to(self, when: datetime) -> float:
+        """Seconds until the server's time ``when``, by our clock corrected by the skew."""
+        return (when - datetime.now(UTC)).total_seconds() - self.skew
+
+    def _wait_until(self, next_at: datetime | None) -> None:
+        """This user may place at ``next_at`` (the server's time; ``None``: now)."""
+        self.cooldown_known = True
+        self.ready = None if next_at is None else time.monotonic() + self._seconds_to(next_at)
+
+    def _plan(self, template: Template, live: LiveBoard) -> tuple[list[Fix], int, int]:
+        """The pixels to fix, most damaged first; how many wrong pixels are refused by the
+        policy; how many the server's board shows done but the live board not yet."""
+        ahead = self.ahead
+        if ahead is not None and (live.board_id != ahead.board_id or live.seq >= ahead.seq):
+            self.ahead = ahead = None  # the live board caught up (or was replaced)
+        fixes: list[Fix] = []
+        refused = pending = 0
+        for fix in priorities(template, live.colors, seed=self.seed):
+            if ahead is not None and ahead[fix.x, fix.y] == fix.want:
+                pending += 1
+            elif not self._may_place(fix.x, fix.y):
+                refused += 1
+            else:
+                fixes.append(fix)
+        return fixes, refused, pending
 
     def _may_place(self, x: int, y: int) -> bool:
         return (x, y) not in self.refused and not any((x, y) in a for a in self.policy.protected)
@@ -375,10 +404,12 @@ class Bot:
         try:
             placed = await canvas.place(x, y, want)
         except Cooldown as e:
-            self.next_at = e.next_at or datetime.now(UTC) + timedelta(seconds=e.retry_after)
-            self.say(f"{where}: refused, cooldown until {clock(self.next_at)}")
+            if e.next_at is not None:  # early by our clock: learn by how much
+                self.skew = (e.next_at - datetime.now(UTC)).total_seconds() - e.retry_after
+            self.ready = time.monotonic() + e.retry_after
+            self.say(f"{where}: refused, cooldown for {e.retry_after:.1f} s more")
         except Unconfirmed as e:  # it may still land: read the board and the cooldown again
-            self.cooldown_known = False
+            self.cooldown_known, self.uncertain = False, True
             wait = max(e.retry_after, FLOOR)
             self.say(f"{where}: unconfirmed, it may still appear; looking again in {wait:.1f} s")
             await asyncio.sleep(wait)
@@ -399,7 +430,7 @@ class Bot:
             reason = e.reason or "no reason given"
             if e.expires_at is None:
                 raise Exit(EXIT_STUCK, f"this user is banned ({reason}), until lifted") from None
-            wait = max(until(e.expires_at) + MARGIN, FLOOR)
+            wait = max(self._seconds_to(e.expires_at) + MARGIN, FLOOR)
             self.say(f"banned ({reason}) until {e.expires_at:%Y-%m-%d %H:%M:%S} UTC: waiting")
             await asyncio.sleep(wait)
         except Unauthorized:
@@ -411,7 +442,7 @@ class Bot:
         except InvalidRequest as e:
             raise Exit(EXIT_STUCK, f"{where} colour {want} refused: {e}") from None
         except (httpx.HTTPError, OSError, CanvasError) as e:
-            self.cooldown_known = False  # the request may have been placed before it failed
+            self.cooldown_known, self.uncertain = False, True  # it may have been placed
             wait = backoff(self.failures)
             self.failures += 1
             self.say(f"{where}: {describe(e)}; retrying in {wait:.1f} s")
@@ -419,7 +450,7 @@ class Bot:
         else:
             self.failures = 0
             self.placed += 1
-            self.next_at, self.cooldown_known = placed.next_at, True
+            self._wait_until(placed.next_at)
             with contextlib.suppress(TimeoutError):
                 await live.wait_for(placed.seq, timeout=CAUGHT_UP)
             left = diff(template, live.colors).wrong
