@@ -362,7 +362,7 @@ async def test_a_bot_started_before_its_server_waits_for_it(
         await eventually(retrying, "the bot waits for the server")
         await server.start()
         assert await asyncio.wait_for(bot.proc.wait(), DEADLINE) == 0, bot.text()
-        assert "making a session: ConnectError" in bot.text() and bot.placed() == 2
+        assert ": ConnectError" in bot.text() and bot.placed() == 2
     finally:
         await bots.close()
         await server.stop()
@@ -457,9 +457,9 @@ async def stack(postgres: PostgresServer, redis_server: RedisServer) -> AsyncIte
 async def test_a_bot_on_a_cluster_never_places_twice_what_was_unconfirmed(
     tmp_path: Path, stack: Cluster
 ) -> None:
-    """The persister stops: a placement is answered ``unconfirmed`` but is in Redis, and
-    lands once the persister is back. The bot reads the server's board before it goes
-    on, so it never places that pixel again; the API process restarts too."""
+    """The persister stops: placements are answered ``unconfirmed`` but are in Redis,
+    and land once the persister is back. The bot reads the server's board before it goes
+    on, so it never places such a pixel again; the API process restarts too."""
     image = tmp_path / "bar.png"
     rows: list[list[int | None]] = [[10, 11, 12, 13], [13, 12, 11, 10]]
     save_template(image, rows)
@@ -477,12 +477,15 @@ async def test_a_bot_on_a_cluster_never_places_twice_what_was_unconfirmed(
         os.kill(persister.pid, signal.SIGSTOP)
         try:
 
-            async def unconfirmed() -> bool:
-                return "unconfirmed" in bot.text()
+            async def unconfirmed_twice() -> bool:
+                return bot.text().count("unconfirmed") >= 2
 
-            await eventually(unconfirmed, "a placement was unconfirmed")
+            # The second try is another pixel: the first is on the server's board already.
+            await eventually(unconfirmed_twice, "two placements were unconfirmed")
         finally:
             os.kill(persister.pid, signal.SIGCONT)
+        tried = re.findall(r"(\(\d+, \d+\)): unconfirmed", bot.text())
+        assert len(tried) == len(set(tried)) == 2, bot.text()
         await asyncio.to_thread(stack.restart, "api1")
         assert await asyncio.wait_for(bot.proc.wait(), DEADLINE) == 0, bot.text()
     finally:

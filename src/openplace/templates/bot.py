@@ -42,6 +42,7 @@ from openplace.client import (
     Unavailable,
     Unconfirmed,
 )
+from openplace.client.live import RETRYABLE
 from openplace.templates.model import Fix, Template, TemplateError, diff, load, priorities
 
 T = TypeVar("T")
@@ -179,16 +180,18 @@ class Bot:
             raise Exit(EXIT_USAGE, f"no such image: {self.image}")
         token = read_token(self.token_file)
         async with AsyncCanvas(self.url, token=token) as canvas:
-            me = await self._identify(canvas, token)
-            self.seed = seed_of(me.user_id)
-            self._wait_until(me.next_at)
             info = await self._retry("reading the canvas", canvas.info)
             try:
                 template = load(self.image, self.at, info.palette, board=(info.width, info.height))
             except TemplateError as exc:
                 raise Exit(EXIT_USAGE, f"{self.image}: {exc}") from None
+            me = await self._identify(canvas, token)
+            self.seed = seed_of(me.user_id)
+            self._wait_until(me.next_at)
             self.policy = await self._retry("reading the policy", canvas.policy)
-            live = await self._retry("connecting to the live board", self._open_live)
+            live = await self._retry(
+                "connecting to the live board", self._open_live, lambda e: isinstance(e, RETRYABLE)
+            )
             try:
                 self._summary(template, live, me)
                 return await self._loop(canvas, live, template)
@@ -226,14 +229,19 @@ class Bot:
         await live.start()  # closes itself if it fails
         return live
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` until it does not fail for a transient reason, with backoff."""
+    async def _retry(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        retryable: Callable[[Exception], bool] = transient,
+    ) -> T:
+        """``call()`` until it does not fail for a ``retryable`` reason, with backoff."""
         attempt = 0
         while True:
             try:
                 return await call()
             except Exception as exc:
-                if not transient(exc):
+                if not retryable(exc):
                     raise
                 wait = backoff(attempt)
                 if isinstance(exc, Unavailable | RateLimited):
