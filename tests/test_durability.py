@@ -198,7 +198,13 @@ async def test_embedded_server_killed_under_load_loses_nothing_acknowledged(
             for _ in range(3):
                 stop = asyncio.Event()
                 writers = [asyncio.create_task(writer(c, k, stop)) for k in range(8)]
-                await asyncio.sleep(rng.uniform(0.3, 1.2))
+                # Under load before the kill (a busy machine answers slowly), then a
+                # random moment later.
+                before = len(acked)
+                deadline = asyncio.get_running_loop().time() + 60
+                while len(acked) < before + 50 and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(rng.uniform(0.0, 0.9))
                 proc.send_signal(signal.SIGKILL)  # in the middle of group commits
                 proc.wait()
                 stop.set()
