@@ -414,7 +414,7 @@ async def test_a_bot_skips_protected_pixels_and_waits_while_frozen(
     assert diff(template, board.colors).wrong == 4
 
 
-async def test_a_bot_stops_on_a_refused_token_and_on_a_ban(
+async def test_a_bot_stops_on_a_refused_token_and_on_a_ban_until_lifted(
     tmp_path: Path, fast: LiveServer, bots: Bots
 ) -> None:
     image = tmp_path / "line.png"
@@ -431,9 +431,20 @@ async def test_a_bot_stops_on_a_refused_token_and_on_a_ban(
         return bot.placed() >= 1
 
     await eventually(placed, "the bot placed")
+    ban = fast.url + "/api/admin/ban"
     async with httpx.AsyncClient(headers=moderator(), timeout=10) as mod:
-        r = await mod.post(fast.url + "/api/admin/ban", json={"user": bot.user(),
-                                                               "reason": "botting"})  # fmt: skip
+        # A ban with an end is waited out...
+        timed = {"user": bot.user(), "reason": "slow down", "expires_in": "2s"}
+        r = await mod.post(ban, json=timed)
+        assert r.status_code == 200, r.text
+        before = bot.placed()
+
+        async def placed_after_the_ban() -> bool:
+            return "banned (slow down) until" in bot.text() and bot.placed() > before
+
+        await eventually(placed_after_the_ban, "the bot waited out its ban")
+        # ...one until lifted stops the bot.
+        r = await mod.post(ban, json={"user": bot.user(), "reason": "botting"})
         assert r.status_code == 200, r.text
     assert await asyncio.wait_for(bot.proc.wait(), DEADLINE) == 1, bot.text()
     assert "banned (botting), until lifted" in bot.text()
