@@ -414,6 +414,33 @@ async def test_a_bot_skips_protected_pixels_and_waits_while_frozen(
     assert diff(template, board.colors).wrong == 4
 
 
+async def test_a_pixel_refused_as_protected_is_tried_once(
+    tmp_path: Path, fast: LiveServer
+) -> None:
+    """An area protected between the bot's last look at the policy and its placement: the
+    placement is refused once, then the bot reads the policy and skips the area. The bot
+    runs in a thread of this process, so the area is made from its output."""
+    image = tmp_path / "bar.png"
+    save_template(image, [[4] * 5])  # the middle pixel is the most damaged: tried first
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if line.startswith("drawing as"):  # the bot places next
+            r = httpx.post(fast.url + "/api/admin/protect", headers=moderator(),
+                           json={"rect": {"x": 70, "y": 10, "w": 4, "h": 1}})  # fmt: skip
+            assert r.status_code == 200, r.text
+
+    bot = DrawBot(fast.url, image, (70, 10), tmp_path / "bar.token", once=True, out=out)
+    assert await asyncio.to_thread(asyncio.run, bot.run()) == 1
+    text = "\n".join(lines)
+    refused = re.findall(r"\((\d+), 10\): protected, skipped", text)
+    assert refused == ["72"], text
+    assert "4 pixels left, all where placing is refused" in text, text
+    records = await history_with_users(fast.url)
+    assert [(r.x, r.y, r.color) for r in records] == [(74, 10, 4)]
+
+
 async def test_a_bot_stops_on_a_refused_token_and_on_a_ban_until_lifted(
     tmp_path: Path, fast: LiveServer, bots: Bots
 ) -> None:

@@ -427,9 +427,9 @@ class Bot:
             self.say(f"{where}: {describe(e)}, nothing placed; retrying in {wait:.1f} s")
             await asyncio.sleep(wait)
         except Protected:
-            self.refused.add((x, y))
             self.say(f"{where}: protected, skipped")
-            await self._fetch_policy(canvas)
+            await self._fetch_policy(canvas)  # a new policy forgets the pixels refused before
+            self.refused.add((x, y))  # skipped until the policy changes, whatever it says
         except Frozen:
             self.frozen_said = True
             self.say(f"{where}: refused, the canvas is frozen")
