@@ -89,7 +89,7 @@ class Bots:
         env = {**os.environ, "XDG_DATA_HOME": str(self.tmp / "xdg")}
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "openplace.cli", "draw", str(image),
+                sys.executable, "-m", "openplace", "draw", str(image),
                 "--at", f"{at[0]},{at[1]}", "--url", self.url, *extra,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
             )  # fmt: skip
