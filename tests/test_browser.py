@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -29,6 +29,8 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+
+from openplace.client import Canvas, Cooldown, PixelInfo, Placed
 
 pytestmark = pytest.mark.browser
 
@@ -116,34 +118,30 @@ class ServerProcess:
 
 
 class ApiClient:
-    """A second participant using only the HTTP API."""
+    """A second participant using only the HTTP API, through openplace.client's
+    :class:`Canvas`; ``http`` is a raw client for requests the test builds itself."""
 
     def __init__(self, url: str) -> None:
+        self.canvas = Canvas(url, timeout=5)
+        self.token = self.canvas.session().token
         self.http = httpx.Client(base_url=url, timeout=5)
-        r = self.http.post("/api/session")
-        assert r.status_code == 201, r.text
-        self.token = r.json()["token"]
 
-    def place(self, x: int, y: int, color: int) -> dict[str, Any]:
+    def place(self, x: int, y: int, color: int) -> Placed:
         """Place a pixel, waiting out the cooldown if needed."""
         deadline = time.monotonic() + TIMEOUT
         while True:
-            r = self.http.post(
-                "/api/pixel",
-                json={"x": x, "y": y, "color": color},
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
-            if r.status_code != 429 or time.monotonic() > deadline:
-                assert r.status_code == 200, r.text
-                return cast(dict[str, Any], r.json())
-            time.sleep(min(1.0, float(r.json()["retry_after"])) + 0.02)
+            try:
+                return self.canvas.place(x, y, color)
+            except Cooldown as e:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(min(1.0, e.retry_after) + 0.02)
 
-    def pixel(self, x: int, y: int) -> dict[str, Any]:
-        r = self.http.get("/api/pixel", params={"x": x, "y": y})
-        assert r.status_code == 200, r.text
-        return cast(dict[str, Any], r.json())
+    def pixel(self, x: int, y: int) -> PixelInfo:
+        return self.canvas.pixel(x, y)
 
     def close(self) -> None:
+        self.canvas.close()
         self.http.close()
 
 
@@ -263,7 +261,7 @@ def test_click_places_pixel(
     page.mouse.up()
     page.wait_for_function("() => Math.abs(window.openplace.view.x - 7.5) < 0.01")
     expect(page.locator("#cooldown")).to_have_attribute("data-state", "ready")
-    assert api.pixel(5, 5)["user_id"] is None
+    assert api.pixel(5, 5).user_id is None
     page.wait_for_function("() => location.hash.startsWith('#x=7&y=8&z=20')")
 
     choose_color(page, 13)
@@ -282,11 +280,12 @@ def test_click_places_pixel(
     expect(page.locator("#cooldown")).to_be_visible()
     shot(page, "cooldown")
 
-    info = wait_until(lambda: (p := api.pixel(12, 8))["color"] == 13 and p, "pixel on server")
-    assert info["user_id"] is not None
+    wait_until(lambda: api.pixel(12, 8).color == 13, "pixel on server")
+    info = api.pixel(12, 8)
+    assert info.user_id is not None
     page.mouse.move(2, 400)  # off the pixel: no hover outline
     wait_pixel(page, 12, 8, 13)
-    page.wait_for_function("(s) => window.openplace.lastSeq >= s", arg=info["seq"])
+    page.wait_for_function("(s) => window.openplace.lastSeq >= s", arg=info.seq)
     expect(page.locator("#cooldown")).to_have_attribute("data-state", "ready")
 
     # Right-click shows who placed the pixel: us.
@@ -294,7 +293,7 @@ def test_click_places_pixel(
     page.mouse.click(cx, cy, button="right")
     expect(page.locator("#info")).to_be_visible()
     expect(page.locator("#info-coords")).to_have_text("(12, 8)")
-    expect(page.locator("#info-user")).to_have_text(f"{info['user_id']}you")
+    expect(page.locator("#info-user")).to_have_text(f"{info.user_id}you")
     expect(page.locator("#info-user .badge")).to_be_visible()
     expect(page.locator("#info-when")).not_to_have_text("…")
     shot(page, "inspect")
@@ -330,8 +329,8 @@ def test_refused_placement_is_reverted(
     expect(page.locator("#toast")).to_contain_text("place again")
     page.unroute("**/api/pixel")
     wait_pixel(page, 14, 6, 0)
-    assert api.pixel(14, 6)["user_id"] is None
-    assert api.pixel(40, 0)["color"] == 1
+    assert api.pixel(14, 6).user_id is None
+    assert api.pixel(40, 0).color == 1
     shot(page, "refused")
 
     # While cooling down, a click does not even send a request. (Clicked from inside the
@@ -362,8 +361,8 @@ def test_refused_placement_is_reverted(
     expect(page.locator("#cooldown")).to_have_attribute("data-state", "ready")
     click_pixel(page, 14, 6)
     wait_pixel(page, 14, 6, 3)
-    wait_until(lambda: api.pixel(14, 6)["color"] == 3, "pixel on server")
-    assert api.pixel(15, 6)["user_id"] is None
+    wait_until(lambda: api.pixel(14, 6).color == 3, "pixel on server")
+    assert api.pixel(15, 6).user_id is None
 
 
 def test_api_placement_arrives_live(
@@ -378,9 +377,9 @@ def test_api_placement_arrives_live(
     other.close()
     wait_pixel(page, 20, 15, 5)
     wait_pixel(page, 21, 15, 12)
-    assert placed2["seq"] == placed["seq"] + 1
-    page.wait_for_function("(s) => window.openplace.lastSeq === s", arg=placed2["seq"])
-    assert placed["seq"] > before
+    assert placed2.seq == placed.seq + 1
+    page.wait_for_function("(s) => window.openplace.lastSeq === s", arg=placed2.seq)
+    assert placed.seq > before
     assert page.evaluate("() => window.__sameDocument") is True
     shot(page, "arrived")
 
@@ -395,7 +394,7 @@ def test_two_pages(
     click_pixel(a, 30, 20)
     wait_pixel(b, 30, 20, 11)
     wait_pixel(a, 30, 20, 11)
-    assert api.pixel(30, 20)["color"] == 11
+    assert api.pixel(30, 20).color == 11
     shot(a, "page-a")
     shot(b, "page-b")
 

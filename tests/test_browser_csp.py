@@ -134,7 +134,7 @@ def test_page_passes_its_content_security_policy(
         wait_pixel(page, x, y, 13)
         api = ApiClient(app_server.url)
         try:
-            wait_until(lambda: api.pixel(x, y)["color"] == 13, "the pixel on the server")
+            wait_until(lambda: api.pixel(x, y).color == 13, "the pixel on the server")
         finally:
             api.close()
         page.mouse.move(2, 400)

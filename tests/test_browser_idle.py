@@ -113,7 +113,7 @@ def place_from_others(url: str, pixels: list[tuple[int, int, int]]) -> int:
     for x, y, color in pixels:
         other = ApiClient(url)
         try:
-            seq = max(seq, int(other.place(x, y, color)["seq"]))
+            seq = max(seq, other.place(x, y, color).seq)
         finally:
             other.close()
     return seq

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -89,9 +89,7 @@ class Vandal(ApiClient):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        me = self.http.get("/api/me", headers=bearer(self.token))
-        assert me.status_code == 200, me.text
-        self.user_id = cast(str, me.json()["user_id"])
+        self.user_id = self.canvas.me().user_id
 
     def refused(self, x: int, y: int, color: int) -> httpx.Response:
         """A placement the server refuses other than by cooldown (waited out)."""
