@@ -68,7 +68,13 @@ class Embedded:
                  "serve", "--port", str(self.port)],
                 env=env, stdout=subprocess.DEVNULL, stderr=self._log,
             )  # fmt: skip
-            wait_http(self.url + "/healthz", 120)
+            proc = self.proc
+
+            def alive() -> None:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"it exited with status {proc.returncode}")
+
+            wait_http(self.url + "/healthz", 120, alive)
         except BaseException as exc:
             self._own_dir = False  # keep the server's log: the error names it
             self.stop()
