@@ -310,7 +310,7 @@ def board_fetch(stack: Distributed, duration: float, placing: int = 0) -> dict[s
         span = 3 * (duration + 1) + 2  # the three wrk runs and their start-up
         gen = loadgen(
             "event", "--url", stack.url, "--secret", SECRET,
-            "--users", str(int(placing * (span + 2))), "--connections", "16",
+            "--users", str(int(placing * (span + 2))), "--connections", "128",
             "--rate", str(placing), "--duration", str(span), "--warmup", "1",
         )  # fmt: skip
         time.sleep(1.5)  # its tokens signed and its placements running
