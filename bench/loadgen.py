@@ -213,7 +213,8 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
             if i is None:
                 exhausted = True
                 break
-            address = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+            n = (args.seed * args.users + i) % (1 << 24)  # another seed: other addresses
+            address = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
             body = b'{"x":%d,"y":%d,"color":%d}' % (
                 rng.randrange(args.width),
                 rng.randrange(args.height),
