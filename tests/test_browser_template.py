@@ -30,7 +30,7 @@ from tests.test_browser import (  # noqa: F401  (app_server, browser, playwright
     wait_live,
     wait_pixel,
 )
-from tests.test_browser_idle import CANVAS_HASH
+from tests.test_browser_idle import CANVAS_HASH, place_from_others
 
 pytestmark = pytest.mark.browser
 
@@ -132,18 +132,6 @@ def new_page(
     for ctx in contexts:
         ctx.close()
     assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def place_from_others(url: str, pixels: list[tuple[int, int, int]]) -> int:
-    """Each pixel placed by a user of its own (no cooldown to wait out); the last seq."""
-    seq = 0
-    for x, y, color in pixels:
-        other = ApiClient(url)
-        try:
-            seq = max(seq, other.place(x, y, color).seq)
-        finally:
-            other.close()
-    return seq
 
 
 def set_position(page: Page, x: int, y: int) -> None:
