@@ -81,6 +81,9 @@ class Tab:
     requests: list[str] = field(default_factory=list)
 
     def requested(self, path: str) -> bool:
+        """Whether the page asked for ``path``. Playwright delivers request events only
+        while it runs, so this lets it run a moment first."""
+        self.page.wait_for_timeout(20)
         return any(urlsplit(url).path == path for url in self.requests)
 
 
