@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
 import pytest
 from harness.servers import PostgresServer, RedisServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from openplace.auth.moderators import Moderator, ModeratorSigner
 from openplace.client import (
@@ -118,6 +121,7 @@ async def test_a_bot_places_and_is_told_how_long_to_wait(server: LiveServer) -> 
 
     def as_the_same_user_later() -> tuple[Exception, int]:
         with Canvas(server.url, token=token) as again:
+            assert again.user_id == me.user_id  # read from the token, before any call
             try:
                 again.place(5, 5, 1)
             except Cooldown as e:
@@ -130,6 +134,7 @@ async def test_a_bot_places_and_is_told_how_long_to_wait(server: LiveServer) -> 
     refused, seq = await asyncio.to_thread(as_the_same_user_later)
     assert isinstance(refused, Cooldown) and seq == 2
     async with AsyncCanvas(server.url, token="forged") as forger:
+        assert forger.user_id is None
         with pytest.raises(Unauthorized):
             await forger.place(0, 0, 1)
 
@@ -158,6 +163,16 @@ async def test_the_past_is_read_back_as_boards_and_placements(server: LiveServer
         assert image.size == (2 * W, 2 * H) and image.getpixel((1, 15)) == (0x94, 0xE0, 0x44)
         with pytest.raises(NotFound):
             await c.board(seq=99)
+        on_0_7 = await c.pixel_history(0, 7)  # who placed there, newest first
+        assert [(p.seq, p.color) for p in on_0_7] == [(13, 9), (1, 0)]
+        assert all(p.user_id.startswith("u_") for p in on_0_7)
+        first_at, then_at = on_0_7[1].at, history[0].at  # the API's times are to the ms
+        assert first_at and then_at and abs(first_at - then_at) < timedelta(milliseconds=1)
+        assert len({p.user_id for p in on_0_7}) == 2  # others_place: a new user each
+        assert [p.seq for p in await c.pixel_history(0, 7, limit=1)] == [13]
+        assert await c.pixel_history(50, 50) == []
+        with pytest.raises(InvalidRequest):
+            await c.pixel_history(0, 7, limit=0)
 
 
 async def test_moderators_refusals_arrive_as_typed_errors(server: LiveServer) -> None:
@@ -229,12 +244,44 @@ async def test_live_board_follows_others_and_resumes_after_a_restart(
         await server.restart()  # uvicorn closes every websocket (1012)
         seqs += await others_place(server.url, [(i, 5, 3) for i in range(10)])
         await assert_live_equals_server(live, server.url)
-        assert live.reconnects >= 1 and live.connected
+        assert live.reconnects >= 1 and live.connected and live.gaps == 0
         assert colors[5, 9] == 3 and live.seq == seqs[-1]
         await asyncio.sleep(0.05)
     await asyncio.wait_for(watcher, 5)  # the iterator ends with the live board
     assert [p.seq for p in seen] == called == seqs  # each once, in order, no gaps
     assert (seen[0].x, seen[0].y, seen[0].color) == (0, 3, 4)
+
+
+async def test_live_board_counts_a_gap_in_the_stream_and_resumes_past_it() -> None:
+    """A server that breaks its promise (a frame skips seqs): the live board does not
+    apply it, counts the gap, and resumes with ``since`` at the seq it holds."""
+    asked: list[str] = []
+
+    def http(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith("/ws"):
+            asked.append(request.path)
+            return None
+        if request.path == "/api/canvas":
+            body = b'{"width":4,"height":2,"palette":["#FFFFFF"],"cooldown_seconds":300}'
+            return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
+        headers = Headers({"X-Seq": "2", "X-Board-Id": "b1"})
+        return Response(200, "OK", headers, bytes(4))  # /api/board: 4x2 at 4 bits
+
+    async def stream(ws: ServerConnection) -> None:
+        await ws.send('{"type":"hello","head":6,"board":"b1"}')
+        if len(asked) == 1:  # seqs 3..5 lost: the client must not apply 6
+            await ws.send(encode_frame(6, encode_record(0, 1)))
+        else:
+            await ws.send(encode_frame(3, encode_record(1, 2)))
+        await ws.wait_closed()
+
+    async with serve(stream, "127.0.0.1", 0, process_request=http) as fake:
+        port = fake.sockets[0].getsockname()[1]
+        async with LiveBoard(f"http://127.0.0.1:{port}", backoff=FAST) as live:
+            await live.wait_for(3, timeout=10)
+            assert live.gaps == 1 and live.seq == 3
+            assert live.colors.tolist() == [[0, 2, 0, 0], [0, 0, 0, 0]]
+    assert asked == ["/ws?since=2&board=b1", "/ws?since=2&board=b1"]
 
 
 # -- distributed mode ------------------------------------------------------------------

@@ -15,12 +15,14 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import orjson
+from itsdangerous import BadPayload, URLSafeSerializer
 
 from openplace.client.errors import error_from
 from openplace.client.models import (
     CanvasInfo,
     Me,
     PixelInfo,
+    PixelPlacement,
     Placed,
     Placement,
     Policy,
@@ -59,6 +61,18 @@ class HistoryPage:
     next: int | None
 
 
+def token_user(token: str) -> str | None:
+    """The user id a session token names, read without checking its signature (only the
+    server can; it refuses a forged one with 401). ``None`` if it names none."""
+    payload = token.rpartition(".")[0]
+    try:
+        data = URLSafeSerializer("").load_payload(payload.encode("ascii"))
+    except (BadPayload, UnicodeEncodeError):
+        return None
+    user = data.get("u") if isinstance(data, dict) else None
+    return user if isinstance(user, str) else None
+
+
 def _json(response: httpx.Response) -> Any:
     return orjson.loads(response.content)
 
@@ -76,7 +90,7 @@ class Api:
     def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.user_id: str | None = None
+        self.user_id: str | None = None if token is None else token_user(token)
         self.canvas: CanvasInfo | None = None
 
     @property
@@ -161,6 +175,16 @@ class Api:
             return PixelInfo(d["x"], d["y"], d["color"], d.get("user_id"), placed_at, d.get("seq"))
 
         return Call("GET", "/api/pixel", read, params={"x": x, "y": y})
+
+    def pixel_history(self, x: int, y: int, limit: int) -> Call[list[PixelPlacement]]:
+        def read(response: httpx.Response) -> list[PixelPlacement]:
+            return [
+                PixelPlacement(p["seq"], p["color"], p["user_id"], parse_time(p["placed_at"]))
+                for p in _json(response)["placements"]
+            ]
+
+        params: Params = {"x": x, "y": y, "limit": limit}
+        return Call("GET", "/api/pixel/history", read, params=params)
 
     def me(self) -> Call[Me]:
         def read(response: httpx.Response) -> Me:

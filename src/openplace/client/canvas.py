@@ -15,6 +15,7 @@ from openplace.client.models import (
     CanvasInfo,
     Me,
     PixelInfo,
+    PixelPlacement,
     Placed,
     Placement,
     Policy,
@@ -43,8 +44,8 @@ class _Base:
 
     @property
     def user_id(self) -> str | None:
-        """The user of this client's token: from :meth:`session` or :meth:`me` (``None``
-        before either)."""
+        """The user of this client's token: read from a token given to the constructor,
+        else from :meth:`session` (``None`` before a token is known)."""
         return self._api.user_id
 
 
@@ -104,6 +105,10 @@ class AsyncCanvas(_Base):
     async def pixel(self, x: int, y: int) -> PixelInfo:
         """Who placed pixel (x, y) last, and when."""
         return await self._send(self._api.pixel(x, y))
+
+    async def pixel_history(self, x: int, y: int, limit: int = 20) -> list[PixelPlacement]:
+        """The newest ``limit`` (1..1000) placements on pixel (x, y), newest first."""
+        return await self._send(self._api.pixel_history(x, y, limit))
 
     async def me(self) -> Me:
         """This user's last placement and when it may place next."""
@@ -172,6 +177,9 @@ class Canvas(_Base):
 
     def pixel(self, x: int, y: int) -> PixelInfo:
         return self._send(self._api.pixel(x, y))
+
+    def pixel_history(self, x: int, y: int, limit: int = 20) -> list[PixelPlacement]:
+        return self._send(self._api.pixel_history(x, y, limit))
 
     def me(self) -> Me:
         return self._send(self._api.me())

@@ -117,6 +117,9 @@ class LiveBoard:
         """How often the stream came back (a ``hello`` after the first one)."""
         self.resyncs = 0
         """How often the server said ``resync`` and the board was fetched again."""
+        self.gaps = 0
+        """How often a frame skipped seqs (the stream was then resumed from :attr:`seq`);
+        a correct server never causes one."""
 
     # -- the state ---------------------------------------------------------------------
 
@@ -264,6 +267,7 @@ class LiveBoard:
                     last_resync = now
                 except Gap as gap:
                     log.warning("openplace.client: %s; resuming", gap)
+                    self.gaps += 1
                     delay = random.random() * 0.1
                 except RETRYABLE as exc:
                     if self._first is not None and not self._first.done():

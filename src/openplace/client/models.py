@@ -109,6 +109,16 @@ class PixelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PixelPlacement:
+    """One entry of ``GET /api/pixel/history``: who placed ``color`` on a pixel, and when."""
+
+    seq: int
+    color: int
+    user_id: str
+    at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Me:
     """``GET /api/me``: ``next_at`` is ``None`` when the user may place now."""
 
