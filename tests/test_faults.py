@@ -105,6 +105,17 @@ def test_a_client_behind_or_with_another_board_is_found() -> None:
     assert report.clients_equal == 0 and len(report.violations) == 2
 
 
+def test_a_gap_in_a_clients_stream_fails_the_check_even_if_it_caught_up() -> None:
+    h = history(("ok", 1), ("ok", 2))
+    log = log_of(h, [0, 1])
+    served = served_for(log)
+    gapped = ClientView("c1", served.board_id, 2, served.data, gaps=1)
+    report = run_check(h, log, clients=[gapped])
+    assert report.clients_equal == 1 and report.client_gaps == 1
+    assert report.violations == ["websocket streams skipped seqs 1 times: c1 1"]
+    assert "gaps in clients' streams" in report.table()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def soak() -> Report:
     """A short seeded soak: 2 API, 2 realtime, 2 persisters and nginx on its own Redis and

@@ -60,6 +60,7 @@ class ClientView:
     crashed: str = ""
     board_loads: int = 1  # fetches of the whole board: 1 if it always resumed
     resyncs: int = 0
+    gaps: int = 0  # frames that skipped seqs (the client then resumed)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Report:
     clients: int = 0
     clients_equal: int = 0
     client_reloads: int = 0  # board fetches after the first: a client that could not resume
+    client_gaps: int = 0  # frames that skipped seqs: the stream's promise broken
     violations: list[str] = field(default_factory=list)  # what was promised and broken
     problems: list[str] = field(default_factory=list)  # the stack did not stay whole
     notes: list[str] = field(default_factory=list)
@@ -138,6 +140,7 @@ class Report:
             f"{self.pixels_mismatch} differ" if self.pixels_mismatch else "")  # fmt: skip
         row("clients equal to server", f"{self.clients_equal}/{self.clients}")
         row("board reloads by clients", self.client_reloads)
+        row("gaps in clients' streams", self.client_gaps)
         verdict = "PASS" if self.passed else "FAIL"
         count = f"  {len(self.violations)} violations, {len(self.problems)} problems"
         lines.append(f"  {'verdict':<32} {verdict:>10}{count if not self.passed else ''}")
@@ -308,6 +311,10 @@ def check(
     # Every client holds the server's board.
     report.clients = len(clients)
     report.client_reloads = sum(max(0, c.board_loads - 1) for c in clients)
+    report.client_gaps = sum(c.gaps for c in clients)
+    if report.client_gaps:
+        v.append(f"websocket streams skipped seqs {report.client_gaps} times: "
+                 + ", ".join(f"{c.name} {c.gaps}" for c in clients if c.gaps))  # fmt: skip
     for c in clients:
         equal = (c.board_id == served.board_id and c.last == served.seq
                  and c.data == served.data)  # fmt: skip

@@ -132,6 +132,11 @@ class Follower:
     def resyncs(self) -> int:
         return 0 if self.live is None else self.live.resyncs
 
+    @property
+    def gaps(self) -> int:
+        """Frames that skipped seqs: the server broke its promise of gapless streams."""
+        return 0 if self.live is None else self.live.gaps
+
     def data(self) -> bytes | None:
         """The board it holds, in the bytes of ``GET /api/board``."""
         return self.live.board.packed() if self.live is not None else None
@@ -141,7 +146,8 @@ class Follower:
         if live is None:
             return f"never started ({self.starts} attempts)"
         return (f"{self.board_loads} board loads, {live.reconnects} reconnects, "
-                f"{live.resyncs} resyncs, {self.placements} placements applied")  # fmt: skip
+                f"{live.resyncs} resyncs, {live.gaps} gaps, "
+                f"{self.placements} placements applied")  # fmt: skip
 
     async def run(self) -> None:
         """Follow until cancelled. Raises if the live board stopped on a bug: the run

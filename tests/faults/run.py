@@ -189,4 +189,4 @@ def _view(f: Follower, task: asyncio.Task[None]) -> ClientView:
     if task.done() and not task.cancelled() and task.exception() is not None:
         crashed = repr(task.exception())
     return ClientView(f.name, f.board_id, f.last, f.data(), f.summary(), crashed,
-                      f.board_loads, f.resyncs)  # fmt: skip
+                      f.board_loads, f.resyncs, f.gaps)  # fmt: skip
