@@ -43,13 +43,14 @@ from openplace.client import (
     Unconfirmed,
 )
 from openplace.client.live import RETRYABLE
+from openplace.client.live import backoff as jittered
 from openplace.templates.model import Fix, Template, TemplateError, diff, load, priorities
 
 T = TypeVar("T")
 
 MARGIN = 0.05  # seconds placed after next_at: the server sends times to the millisecond
 FLOOR = 1.0  # the least wait after a 503 or a 429 rate_limited
-BACKOFF = (0.5, 10.0)  # connection errors: 0.5 s doubling up to 10 s
+BACKOFF = (0.5, 10.0)  # connection errors: 0.5 s doubling up to 10 s, with jitter
 RECHECK = 30.0  # a complete template is re-read this often anyway (a resync reports no placements)
 POLICY_WAIT = 5.0  # while frozen, the policy is asked again this often
 CAUGHT_UP = 5.0  # after a placement, how long to wait for the live board to show it
@@ -113,9 +114,9 @@ def seed_of(user_id: str) -> int:
 
 
 def backoff(attempt: int) -> float:
-    """The wait before retry ``attempt`` (0, 1, ...) after a connection error."""
-    low, high = BACKOFF
-    return min(high, low * 2.0 ** min(attempt, 16))
+    """The wait before retry ``attempt`` (0, 1, ...) after a connection error: the live
+    board's, so bots that lost one server do not all come back in the same instant."""
+    return jittered(attempt, *BACKOFF)
 
 
 def transient(exc: BaseException) -> bool:
