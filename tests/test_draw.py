@@ -26,6 +26,7 @@ from openplace.config import Settings
 from openplace.core.palette import PALETTE
 from openplace.distributed.cluster import Cluster
 from openplace.templates import Template, diff, load, priorities
+from openplace.templates import bot as bot_module
 from openplace.templates.bot import Bot as DrawBot
 from openplace.templates.bot import default_token_file, read_token, seed_of, write_token
 from tests.conftest import LiveServer, ServerFactory, cluster_env, mint_token
@@ -439,6 +440,44 @@ async def test_a_pixel_refused_as_protected_is_tried_once(
     assert "4 pixels left, all where placing is refused" in text, text
     records = await history_with_users(fast.url)
     assert [(r.x, r.y, r.color) for r in records] == [(74, 10, 4)]
+
+
+async def test_an_idle_bot_places_as_soon_as_a_protected_area_is_lifted(
+    tmp_path: Path, fast: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only protected pixels left, the bot waits; the area lifted, the websocket's policy
+    message wakes it (its look every RECHECK seconds is made an hour here, so only the
+    message can)."""
+    monkeypatch.setattr(bot_module, "RECHECK", 3600.0)
+    image = tmp_path / "bar.png"
+    save_template(image, [[3] * 4])
+    async with httpx.AsyncClient(headers=moderator(), timeout=10) as mod:
+        r = await mod.post(fast.url + "/api/admin/protect",
+                           json={"rect": {"x": 60, "y": 20, "w": 2, "h": 1}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    area = r.json()["area"]["id"]
+    lines: list[str] = []
+    lifting: list[asyncio.Task[httpx.Response]] = []
+
+    async def unprotect() -> httpx.Response:
+        async with httpx.AsyncClient(headers=moderator(), timeout=10) as mod:
+            return await mod.post(fast.url + "/api/admin/unprotect", json={"id": area})
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if "all where placing is refused" in line and not lifting:
+            lifting.append(asyncio.create_task(unprotect()))
+        if line.startswith("template complete"):
+            raise bot_module.Exit(0, "done")
+
+    # In this event loop, beside the server: a bot that never wakes is cancelled.
+    bot = DrawBot(fast.url, image, (60, 20), tmp_path / "bar.token", out=out)
+    with pytest.raises(bot_module.Exit):  # raised by out() once the template is complete
+        await asyncio.wait_for(bot.run(), DEADLINE)
+    assert lifting and (await lifting[0]).json()["removed"] is True, "\n".join(lines)
+    records = await history_with_users(fast.url)
+    assert sorted((r.x, r.y, r.color) for r in records) == [(x, 20, 3) for x in range(60, 64)]
+    assert_cooldowns_kept(records, 1.0)
 
 
 async def test_a_bot_stops_on_a_refused_token_and_on_a_ban_until_lifted(

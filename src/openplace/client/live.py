@@ -103,6 +103,7 @@ class LiveBoard:
         self._first: asyncio.Future[None] | None = None
         self._changed = asyncio.Event()
         self._callbacks: list[Callable[[Placement], object]] = []
+        self._policy_callbacks: list[Callable[[Policy], object]] = []
         self._subscriptions: weakref.WeakSet[Placements] = weakref.WeakSet()
         self._attempt = 0
         self._failure: BaseException | None = None
@@ -194,6 +195,13 @@ class LiveBoard:
         function that stops it. A callback that raises is logged and kept."""
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback)
+
+    def on_policy(self, callback: Callable[[Policy], object]) -> Callable[[], None]:
+        """Call ``callback(policy)`` whenever the server sends the moderators' policy (on a
+        change, and on connecting while the canvas is frozen or has protected areas);
+        returns a function that stops it."""
+        self._policy_callbacks.append(callback)
+        return lambda: self._policy_callbacks.remove(callback)
 
     def placements(self) -> Placements:
         """An async iterator of the placements applied from now on."""
@@ -334,9 +342,18 @@ class LiveBoard:
                         self.online = control.count
                     elif isinstance(control, Policy):
                         self.policy = control
+                        self._policy_changed(control)
             except ConnectionClosed:
                 pass
             return _close_code(ws)
+
+    def _policy_changed(self, policy: Policy) -> None:
+        self._notify()
+        for callback in list(self._policy_callbacks):
+            try:
+                callback(policy)
+            except Exception:
+                log.exception("openplace.client: a policy callback failed")
 
     def _hello(self) -> None:
         self.connected = True

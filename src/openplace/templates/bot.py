@@ -279,6 +279,7 @@ class Bot:
                 touched.set()
 
         live.on_placement(watch)
+        live.on_policy(lambda _: touched.set())  # a lifted area may be placed at once
         idle = ""  # why the bot waits with nothing to place: "pending", "refused", "complete"
         while True:
             await self._follow(canvas, live)
