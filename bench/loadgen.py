@@ -204,6 +204,7 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
     warmup_end = start + args.warmup
     exhausted = False
     pace = Pacer(args.rate)
+    cpu_start = time.process_time()  # this generator's own share of the machine
 
     async def connection() -> None:
         nonlocal exhausted
@@ -249,6 +250,7 @@ async def event(args: argparse.Namespace) -> dict[str, Any]:
         "placed_per_s": counts["ok"] / measured if measured > 0 else 0.0,
         **counts,
         "exhausted": exhausted,
+        "cpu_seconds": time.process_time() - cpu_start,
         "latency_ms": {k: v * 1000 for k, v in percentiles(latencies).items()},
     }
 

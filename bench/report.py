@@ -217,7 +217,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
-KINDS = ("api", "persister", "realtime", "redis", "postgresql", "nginx")
+KINDS = ("api", "persister", "realtime", "redis", "postgresql", "nginx", "load generator")
 
 
 def event_rows(mode: str, ev: dict[str, Any] | None, ceiling: float | None) -> list[Row]:
@@ -229,6 +229,20 @@ def event_rows(mode: str, ev: dict[str, Any] | None, ceiling: float | None) -> l
     cpu = ev["cpu_us"]
     kinds = [k for k in KINDS if k in cpu]
     goal = 0.25 * ceiling if ceiling and mode == "distributed" else None
+    budget: list[Row] = []
+    if ceiling:  # what the goal leaves each placement of this machine's CPU, all told
+        cores = os.cpu_count() or 1
+        budget = [
+            Row("CPU µs per placement, event load: all processes", mode,
+                sum(cpu[k] for k in kinds), "µs", None, False),
+            Row(f"CPU µs a placement may use, all told, at 25% of the ceiling ({cores} cores)",
+                mode,
+                cores * 1e6 / (0.25 * ceiling), "µs", None, False),
+        ]  # fmt: skip
+        rest = [k for k in kinds if k not in ("api", "load generator")]
+        if rest:
+            budget.append(Row(f"CPU µs per placement, event load: {' + '.join(rest)}", mode,
+                              sum(cpu[k] for k in rest), "µs", None, False))  # fmt: skip
     return [
         Row("placements/s, event load (a new user and address each, cooldown on)", mode,
             ev["placed_per_s"], "/s", goal, ceiling=ceiling),
@@ -237,6 +251,7 @@ def event_rows(mode: str, ev: dict[str, Any] | None, ceiling: float | None) -> l
         Row(f"CPU µs per placement, event load: {' / '.join(kinds)}", mode, cpu[kinds[0]],
             "/ " + " / ".join(f"{cpu[k]:.0f}" for k in kinds[1:]) if kinds[1:] else "µs",
             None, False),
+        *budget,
     ]  # fmt: skip
 
 

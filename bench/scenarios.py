@@ -148,7 +148,10 @@ def event_placements(
         "errors": result["error"],
         "refused": result["cooldown"],
         "exhausted": result["exhausted"],
-        "cpu_us": {k: (after[k] - before[k]) / placed * 1e6 for k in kinds},
+        "cpu_us": {
+            **{k: (after[k] - before[k]) / placed * 1e6 for k in kinds},
+            "load generator": result["cpu_seconds"] / placed * 1e6,
+        },
     }
 
 
