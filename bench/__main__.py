@@ -38,6 +38,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "placements_n": 1_000_000,
         "event_connections": 64,
         "event_duration": 8,
+        "event_rate": 30_000,  # tokens are signed for this rate over the run, beforehand
         "behind": 100_000,
         "history_n": 10_000_000,
         "history_requests": 300,
@@ -58,6 +59,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "placements_n": 20_000,
         "event_connections": 8,
         "event_duration": 2,
+        "event_rate": 10_000,
         "behind": 2_000,
         "history_n": 50_000,
         "history_requests": 20,
@@ -207,6 +209,7 @@ def run_live(
                         postgres if mode == "distributed" else None,
                         connections=scale["event_connections"],
                         duration=scale["event_duration"],
+                        expected_rate=scale["event_rate"],
                     )
                 )
             finally:

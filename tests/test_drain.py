@@ -29,14 +29,17 @@ def test_a_stopping_server_answers_with_connection_close_then_stops(tmp_path: Pa
         assert thread.is_alive()
         time.sleep(0.02)
     url = f"http://127.0.0.1:{s.port}/api/canvas"
-    with httpx.Client(timeout=5) as client:
+    ready_url = url.replace("/api/canvas", "/readyz")
+    # Two kept-alive connections, as a proxy holds them. Once draining, the server stops
+    # listening (at its next tick): requests come on the connections it has.
+    with httpx.Client(timeout=5) as client, httpx.Client(timeout=5) as probe:
         assert "connection" not in client.get(url).headers  # kept alive
-        assert client.get(url.replace("/api/canvas", "/readyz")).status_code == 200
+        assert probe.get(ready_url).status_code == 200
         stopped_at = time.monotonic()
         server.handle_exit(signal.SIGTERM, None)
         during = client.get(url)
         assert during.status_code == 200 and during.headers["connection"] == "close"
-        ready = client.get(url.replace("/api/canvas", "/readyz"))
+        ready = probe.get(ready_url)
         assert ready.status_code == 503 and "draining" in ready.json()["not_ready"]
     thread.join(10)
     assert not thread.is_alive()

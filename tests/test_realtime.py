@@ -264,7 +264,7 @@ async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
         assert slow_sub not in state_of(srv.app).hub.subscribers
     slow.transport.resume_reading()
     with pytest.raises(websockets.ConnectionClosed) as exc:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(60):  # a bound, not a measure: a busy CI machine is slow
             while True:
                 await slow.recv()
     assert exc.value.rcvd is not None and exc.value.rcvd.code == 4008

@@ -9,7 +9,7 @@ Each mode is one ``schemathesis run`` (the command line, as an attacker would ru
 with every check, positive and negative data, and every phase: examples, coverage,
 fuzzing, and stateful scenarios along the description's links (a session's token to
 ``GET /api/me`` and ``POST /api/pixel``, a placement to its pixel and to ``/api/me``).
-``OPENPLACE_TEST_FUZZ_EXAMPLES`` (default 300) is the number of examples per operation; the
+``OPENPLACE_TEST_FUZZ_EXAMPLES`` (default 150) is the number of examples per operation; the
 case counts are printed at the end, e.g. ``OPENPLACE_TEST_FUZZ_EXAMPLES=2000 .venv/bin/pytest
 tests/test_schemathesis.py`` for a long run. ``OPENPLACE_TEST_FUZZ_SEED`` replays a run.
 """
@@ -37,7 +37,7 @@ from openplace.config import Settings
 from openplace.distributed.cluster import Cluster, free_port
 from tests.conftest import cluster_env, mint_token
 
-EXAMPLES = int(os.environ.get("OPENPLACE_TEST_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("OPENPLACE_TEST_FUZZ_EXAMPLES", "150"))
 SEED = os.environ.get("OPENPLACE_TEST_FUZZ_SEED")
 COOLDOWN = 0.2  # short: POST /api/pixel answers both 200 and 429 (cooldown)
 COUNTS: dict[str, int] = {}
