@@ -238,7 +238,10 @@ async def test_slow_client_is_dropped_with_4008_and_others_keep_up(
                                                           cooldown_seconds=0))  # fmt: skip
     sock = socket.create_connection(("127.0.0.1", srv.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow network
-    slow = await connect(srv.ws_url + "?since=0", sock=sock, max_queue=1)
+    # No keepalive pings: a client that does not read never sees the pong, and after
+    # ping_timeout (20 s; a slow machine's run outlasts it) it would close by itself
+    # with 1011 instead of receiving the server's 4008 (rcvd None).
+    slow = await connect(srv.ws_url + "?since=0", sock=sock, max_queue=1, ping_interval=None)
     slow.transport.pause_reading()  # and a client that stopped reading
     (slow_sub,) = state_of(srv.app).hub.subscribers
     assert isinstance(slow_sub, TransportSubscriber)
