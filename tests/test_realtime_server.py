@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -202,3 +203,38 @@ def test_forwarded_address_is_believed_only_from_trusted_proxies() -> None:
     pods = trusted_hosts("10.0.0.0/8")
     assert client_address("10.2.3.4", "198.51.100.7, 10.9.9.9", pods) == "198.51.100.7"
     assert client_address("198.51.100.7", "10.2.3.4", pods) == "198.51.100.7"
+
+
+async def test_stopping_does_not_wait_forever_for_a_task_that_ignores_its_cancel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A realtime process told to stop cancels its background tasks. One that swallows
+    the cancellation (a Redis client waiting on a stuck connection was seen to) is left
+    behind after the timeout, named in the log, so the process still stops."""
+    from openplace.distributed.fanout import stop_tasks
+
+    swallowing = True
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not swallowing:
+                    raise
+
+    async def polite() -> None:
+        await asyncio.sleep(3600)
+
+    tasks = [asyncio.create_task(stubborn(), name="stubborn"),
+             asyncio.create_task(polite(), name="polite")]  # fmt: skip
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="openplace.distributed.fanout"):
+        await stop_tasks(tasks, timeout=0.2)
+    assert tasks[1].cancelled() and not tasks[0].done()
+    assert "stopping without waiting for stubborn" in caplog.text
+    await stop_tasks([], timeout=0.2)  # nothing to stop: returns at once
+    swallowing = False  # the test's own cleanup
+    tasks[0].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]

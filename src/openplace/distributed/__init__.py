@@ -62,7 +62,7 @@ def build(settings: Settings, roles: Collection[str]) -> Services:
         services.feed = feed
         interval = settings.online_interval_seconds
         services.background = lambda hub: [
-            asyncio.create_task(report_online(hub, feed.redis, interval)),
-            asyncio.create_task(follow_policy(hub, feed.redis, interval)),
+            asyncio.create_task(report_online(hub, feed.redis, interval), name="report_online"),
+            asyncio.create_task(follow_policy(hub, feed.redis, interval), name="follow_policy"),
         ]
     return services

@@ -14,6 +14,7 @@ from openplace.realtime.hub import Hub
 from openplace.realtime.process import build_hub, start_background
 
 log = logging.getLogger(__name__)
+TASKS_STOP_SECONDS = 2.0
 
 
 async def run_realtime(settings: Settings) -> None:
@@ -43,10 +44,21 @@ async def run_realtime(settings: Settings) -> None:
         server.close()  # no new clients
         hub.stop()  # each client is sent what it had coming, then close 1001: it resumes
         await drain(hub, settings.drain_seconds)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         await feed.close()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], timeout: float = TASKS_STOP_SECONDS) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``timeout``: a client library that
+    swallows a cancellation must not keep the process from stopping."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    if pending:
+        log.warning("stopping without waiting for %s: still running %.0f s after cancel",
+                    ", ".join(sorted(t.get_name() for t in pending)), timeout)  # fmt: skip
 
 
 async def drain(hub: Hub, seconds: float) -> None:

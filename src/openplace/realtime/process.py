@@ -22,4 +22,5 @@ def build_hub(settings: Settings, feed: Feed) -> Hub:
 
 def start_background(hub: Hub, settings: Settings) -> list[asyncio.Task[None]]:
     """The hub's periodic work: telling clients the online count when it changes."""
-    return [asyncio.create_task(run_online_ticker(hub, settings.online_interval_seconds))]
+    ticker = run_online_ticker(hub, settings.online_interval_seconds)
+    return [asyncio.create_task(ticker, name="online_ticker")]
