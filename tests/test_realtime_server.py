@@ -211,7 +211,7 @@ async def test_stopping_does_not_wait_forever_for_a_task_that_ignores_its_cancel
     """A realtime process told to stop cancels its background tasks. One that swallows
     the cancellation (a Redis client waiting on a stuck connection was seen to) is left
     behind after the timeout, named in the log, so the process still stops."""
-    from openplace.distributed.fanout import stop_tasks
+    from openplace.realtime.process import stop_tasks
 
     swallowing = True
 
@@ -229,7 +229,7 @@ async def test_stopping_does_not_wait_forever_for_a_task_that_ignores_its_cancel
     tasks = [asyncio.create_task(stubborn(), name="stubborn"),
              asyncio.create_task(polite(), name="polite")]  # fmt: skip
     await asyncio.sleep(0)
-    with caplog.at_level(logging.WARNING, logger="openplace.distributed.fanout"):
+    with caplog.at_level(logging.WARNING, logger="openplace.realtime.process"):
         await stop_tasks(tasks, timeout=0.2)
     assert tasks[1].cancelled() and not tasks[0].done()
     assert "stopping without waiting for stubborn" in caplog.text

@@ -36,7 +36,7 @@ from openplace.config import Settings
 from openplace.history.timeline import Timeline
 from openplace.realtime.endpoint import websocket_endpoint
 from openplace.realtime.hub import Hub
-from openplace.realtime.process import build_hub, start_background
+from openplace.realtime.process import build_hub, start_background, stop_tasks
 from openplace.services import ALL_ROLES, Build
 from openplace.state import AppState
 from openplace.web.files import PageFiles, TemplateFiles
@@ -102,9 +102,7 @@ def create_app(settings: Settings, roles: Collection[str] = ALL_ROLES) -> Starle
                     tasks.extend(services.background(hub))
             yield
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
             if hub is not None:
                 hub.stop()
             for r in reversed(opened):

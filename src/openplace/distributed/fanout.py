@@ -11,10 +11,9 @@ from openplace.distributed import build
 from openplace.distributed.feed import RedisFeed
 from openplace.distributed.websocket_server import serve
 from openplace.realtime.hub import Hub
-from openplace.realtime.process import build_hub, start_background
+from openplace.realtime.process import build_hub, start_background, stop_tasks
 
 log = logging.getLogger(__name__)
-TASKS_STOP_SECONDS = 2.0
 
 
 async def run_realtime(settings: Settings) -> None:
@@ -46,19 +45,6 @@ async def run_realtime(settings: Settings) -> None:
         await drain(hub, settings.drain_seconds)
         await stop_tasks(tasks)
         await feed.close()
-
-
-async def stop_tasks(tasks: list[asyncio.Task[None]], timeout: float = TASKS_STOP_SECONDS) -> None:
-    """Cancel ``tasks`` and wait for them, at most ``timeout``: a client library that
-    swallows a cancellation must not keep the process from stopping."""
-    for task in tasks:
-        task.cancel()
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=timeout)
-    if pending:
-        log.warning("stopping without waiting for %s: still running %.0f s after cancel",
-                    ", ".join(sorted(t.get_name() for t in pending)), timeout)  # fmt: skip
 
 
 async def drain(hub: Hub, seconds: float) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from openplace.config import Settings
 from openplace.realtime.hub import Hub, run_online_ticker
 from openplace.storage.base import Feed
+
+log = logging.getLogger(__name__)
+TASKS_STOP_SECONDS = 2.0
 
 
 def build_hub(settings: Settings, feed: Feed) -> Hub:
@@ -24,3 +28,16 @@ def start_background(hub: Hub, settings: Settings) -> list[asyncio.Task[None]]:
     """The hub's periodic work: telling clients the online count when it changes."""
     ticker = run_online_ticker(hub, settings.online_interval_seconds)
     return [asyncio.create_task(ticker, name="online_ticker")]
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], timeout: float = TASKS_STOP_SECONDS) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``timeout``: a client library that
+    swallows a cancellation must not keep the process from stopping."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    if pending:
+        log.warning("stopping without waiting for %s: still running %.0f s after cancel",
+                    ", ".join(sorted(t.get_name() for t in pending)), timeout)  # fmt: skip
