@@ -1,4 +1,5 @@
-"""The hub built from the settings, and its periodic work; used by both modes."""
+"""The hub built from the settings, and its periodic work started and stopped; used by
+both modes."""
 
 from __future__ import annotations
 
